@@ -1,0 +1,36 @@
+# A fresh machine needs nothing but python3: each target sets up .venv from this project's files.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; any other version pulls a multi-GB CUDA build on this kind of machine.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: help sweep test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+sweep: $(BIN)/.installed  ## run the default sweep on this machine (pass ARGS="cpu=1,2 tensor_dim=256,512")
+	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python sweep_deployer.py -m $(ARGS)
+
+test: $(BIN)/.installed  ## run the test suite
+	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python -m pytest $(ARGS)
+
+lint: $(BIN)/.installed  ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(BIN)/.installed  ## ruff format in place
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(BIN)/.installed  ## print the benchmark figures (fidelity, sweep overhead, analytics scaling, argo fan-out)
+	for b in benchmarks/*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
+
+clean:  ## remove the virtual environment and local results
+	rm -rf $(VENV) .metaflow multirun outputs

@@ -1,0 +1,1 @@
+"""torchperf: config-driven PyTorch throughput sweeps over CPU count and matrix size."""

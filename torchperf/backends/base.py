@@ -1,0 +1,55 @@
+"""The interface every backend implements, and the records it exchanges with the sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from torchperf.plan import Variant
+from torchperf.settings import VariantSettings
+
+STATUSES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
+
+
+@dataclass
+class SweepSpec:
+    """What a backend knows of the sweep it serves."""
+
+    tag: str  # the sweep's tag, on every run it starts
+    event: str  # the event that makes the sweep's analytics run
+    sweep_dir: Path  # Hydra's sweep dir: summary, manifests and report land here
+    planned: list[tuple[Variant, VariantSettings]] = field(default_factory=list)  # known up front
+    dry_run: bool = False  # compile and check everything, run nothing
+
+
+@dataclass
+class Outcome:
+    """How one variant ended."""
+
+    status: str  # one of STATUSES
+    run: str | None = None  # Metaflow pathspec, e.g. "TorchPerfFlow/1795717425234887"
+    gflops: float | None = None  # the measured median, when it succeeded
+    message: str | None = None  # why it did not succeed, one line
+    measure_seconds: float | None = None  # time spent in timed samples, when it succeeded
+
+
+class Backend(Protocol):
+    """Runs variants and the sweep's analytics somewhere.
+
+    The sweep calls ``preflight`` once before anything runs, ``run_variant`` once per variant
+    (from several threads at once when the launcher runs jobs in parallel), ``cancel`` from the
+    main thread on Ctrl-C or SIGTERM, and ``finish`` exactly once at the end, whatever happened.
+    """
+
+    def preflight(self, sweep: SweepSpec) -> None:
+        """Check every planned variant and the settings; raise ConfigError before any run."""
+
+    def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
+        """Run one variant to its end and say how it ended (never raise for a failed run)."""
+
+    def cancel(self) -> None:
+        """Stop what runs now: running variants end as cancelled."""
+
+    def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
+        """Final analytics (unless interrupted) and teardown; return the analytics run's pathspec."""

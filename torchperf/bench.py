@@ -1,0 +1,175 @@
+"""The benchmark: fp32 matrix squaring throughput, as pure functions around one timed loop.
+
+Only ``measure`` touches torch (imported there, so importing this module stays cheap).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# A timed sample lasts about this long: long enough for perf_counter, short enough for many.
+SAMPLE_SECONDS = 0.1
+# Warm-up ends when this many consecutive samples agree within SETTLE_TOLERANCE of their median.
+SETTLE_WINDOW = 3
+SETTLE_TOLERANCE = 0.02
+# Samples spread wider than this (IQR / median) mark the number as noisy.
+NOISY_IQR_RATIO = 0.05
+
+
+def flops_per_squaring(tensor_dim: int) -> int:
+    """Floating-point operations of one n x n by n x n product: n^2 dot products of length n."""
+    return 2 * tensor_dim**3
+
+
+def gflops(tensor_dim: int, calls: int, seconds: float) -> float:
+    """Throughput of ``calls`` squarings that took ``seconds``."""
+    return flops_per_squaring(tensor_dim) * calls / seconds / 1e9
+
+
+def summarize(samples: Sequence[float]) -> dict:
+    """Median, quartiles and the IQR / median ratio of per-sample GFLOP/s."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    median = statistics.median(samples)
+    if len(samples) > 1:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1 = q3 = median
+    iqr_ratio = (q3 - q1) / median if median > 0 else float("inf")
+    return {
+        "gflops": median,
+        "gflops_q1": q1,
+        "gflops_q3": q3,
+        "iqr_ratio": iqr_ratio,
+        "noisy": iqr_ratio > NOISY_IQR_RATIO,
+    }
+
+
+def settled(rates: Sequence[float]) -> bool:
+    """Whether the last SETTLE_WINDOW warm-up rates agree, i.e. caches and threads are warm."""
+    if len(rates) < SETTLE_WINDOW:
+        return False
+    window = rates[-SETTLE_WINDOW:]
+    middle = statistics.median(window)
+    return all(abs(rate - middle) <= SETTLE_TOLERANCE * middle for rate in window)
+
+
+def calls_per_sample(seconds_per_call: float) -> int:
+    """How many squarings make one timed sample of about SAMPLE_SECONDS."""
+    return max(1, round(SAMPLE_SECONDS / max(seconds_per_call, 1e-9)))
+
+
+def choose_cores(cpu: int, allowed: Sequence[int]) -> list[int]:
+    """The ``cpu`` lowest-numbered cores of ``allowed``: distinct, and the same on every run."""
+    cores = sorted(set(allowed))
+    if cpu > len(cores):
+        raise ValueError(f"cpu={cpu} exceeds the {len(cores)} cores this process may use")
+    return cores[:cpu]
+
+
+def running_on_kubernetes() -> bool:
+    """Inside a Metaflow Kubernetes pod the CPU request and the cgroup bound the threads."""
+    return os.environ.get("METAFLOW_KUBERNETES_WORKLOAD") == "1"
+
+
+def pin_to_cores(cpu: int) -> list[int]:
+    """Bind this process to ``cpu`` distinct cores (Linux); return the cores it may use."""
+    if not hasattr(os, "sched_setaffinity"):
+        return list(range(os.cpu_count() or 1))
+    allowed = sorted(os.sched_getaffinity(0))
+    if running_on_kubernetes():
+        return allowed
+    cores = choose_cores(cpu, allowed)
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+@dataclass
+class Progress:
+    """What a live display needs while the benchmark runs."""
+
+    phase: str  # "warmup", "measuring" or "done"
+    samples: int  # timed samples so far
+    measured_seconds: float  # time spent in timed samples so far
+    budget_seconds: float  # the measuring budget
+    gflops: float | None  # the running median, once there is one
+
+
+def measure(
+    tensor_dim: int,
+    threads: int,
+    measure_seconds: float,
+    device: str = "cpu",
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every: float = 1.0,
+    max_warmup_seconds: float = 3.0,
+) -> dict:
+    """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample.
+
+    ``on_progress`` is called between samples, never inside one, and the time it takes is not
+    measured; it is called at most every ``progress_every`` seconds and once at the end.
+    """
+    import torch
+
+    # Before any tensor work, so that the thread pool is created with this many threads.
+    torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.rand(tensor_dim, tensor_dim, generator=generator).to(device)
+    product = torch.empty_like(matrix)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(calls: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(matrix, matrix, out=product)
+        sync()
+        return time.perf_counter() - start
+
+    notified = [time.monotonic()]
+
+    def notify(progress: Progress, force: bool = False) -> None:
+        if on_progress and (force or time.monotonic() - notified[0] >= progress_every):
+            on_progress(progress)
+            notified[0] = time.monotonic()
+
+    # The first call pays for thread start-up and allocation: it only sizes the samples.
+    calls = calls_per_sample(timed(1))
+    warmup_rates: list[float] = []
+    warmup_started = time.perf_counter()
+    while not settled(warmup_rates) and time.perf_counter() - warmup_started < max_warmup_seconds:
+        warmup_rates.append(gflops(tensor_dim, calls, timed(calls)))
+        notify(Progress("warmup", 0, 0.0, measure_seconds, None))
+    warmup_seconds = time.perf_counter() - warmup_started
+
+    samples: list[float] = []
+    measured = 0.0
+    while measured < measure_seconds:
+        seconds = timed(calls)
+        measured += seconds
+        samples.append(gflops(tensor_dim, calls, seconds))
+        notify(
+            Progress("measuring", len(samples), measured, measure_seconds, statistics.median(samples))
+        )
+    stats = summarize(samples)
+    result = {
+        **stats,
+        "gflops_samples": samples,
+        "squarings_per_second": stats["gflops"] * 1e9 / flops_per_squaring(tensor_dim),
+        "calls_per_sample": calls,
+        "threads": torch.get_num_threads(),
+        "tensor_dim": tensor_dim,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch_version": torch.__version__,
+        "measure_seconds": measured,
+        "warmup_seconds": warmup_seconds,
+        "warmup_settled": settled(warmup_rates),
+    }
+    notify(Progress("done", len(samples), measured, measure_seconds, stats["gflops"]), force=True)
+    return result

@@ -1,0 +1,68 @@
+"""TorchPerfFlow's live card: progress and the running figure while it measures."""
+
+from __future__ import annotations
+
+from torchperf.bench import Progress
+from torchperf.quiet import wait_for_children
+from torchperf.settings import VariantSettings
+
+PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
+
+
+class BenchmarkCard:
+    """Components of one benchmark card, updated between timed samples."""
+
+    def __init__(self, card, settings: VariantSettings):
+        from metaflow.cards import Markdown, ProgressBar
+
+        self._card = card
+        self._status = Markdown("**warming up**")
+        self._bar = ProgressBar(max=100, label="measured", value=0, unit="%")
+        card.append(
+            Markdown(
+                f"# TorchPerfFlow\n`cpu={settings.cpu}` · `tensor_dim={settings.tensor_dim}` · "
+                f"`measure_seconds={settings.measure_seconds}` · `device={settings.device}`"
+                + (f" · sweep `{settings.tag}`" if settings.tag else "")
+            )
+        )
+        card.append(self._status)
+        card.append(self._bar)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._card.refresh(force=True)
+        # The render runs in a child process; let it finish before the next timed sample.
+        wait_for_children()
+
+    def update(self, progress: Progress) -> None:
+        """Show the phase, the share of the budget measured and the running median."""
+        figure = "" if progress.gflops is None else f" · running median {progress.gflops:.1f} GFLOP/s"
+        self._status.update(
+            f"**{PHASE_TEXT[progress.phase]}** · {progress.samples} samples{figure}"
+        )
+        share = min(1.0, progress.measured_seconds / progress.budget_seconds)
+        self._bar.update(round(100 * share))
+        self._refresh()
+
+    def finish(self, result: dict) -> None:
+        """Replace the running figure with the result; the final render happens at task end."""
+        from metaflow.cards import Table
+
+        self._status.update(
+            f"**{result['gflops']:.1f} GFLOP/s** median"
+            + (" · **noisy**: samples spread more than 5 %" if result["noisy"] else "")
+        )
+        self._bar.update(100)
+        rows = [
+            ["GFLOP/s (median)", f"{result['gflops']:.2f}"],
+            ["IQR / median", f"{100 * result['iqr_ratio']:.2f} %"],
+            ["squarings per second", f"{result['squarings_per_second']:.2f}"],
+            ["timed samples", str(len(result["gflops_samples"]))],
+            ["measured seconds", f"{result['measure_seconds']:.2f}"],
+            ["warm-up seconds", f"{result['warmup_seconds']:.2f}"],
+            ["threads", str(result["threads"])],
+            ["cores", ", ".join(map(str, result["affinity"]))],
+            ["device", result["device"]],
+            ["torch", result["torch_version"]],
+        ]
+        self._card.append(Table(rows, headers=["", "value"]))

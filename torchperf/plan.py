@@ -1,0 +1,72 @@
+"""The sweep plan: identity (tag, branches, event) and the list of variants, as pure functions."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+# Metaflow accepts only these in a @project branch name.
+BRANCH_PATTERN = re.compile(r"^[a-z0-9_]+$")
+TAG_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
+# The keys a sweep may vary; everything else is shared by all variants.
+SWEPT_KEYS = ("cpu", "tensor_dim", "measure_seconds", "memory_mb", "device")
+
+
+def new_sweep_tag(now: datetime | None = None) -> str:
+    """A tag unique to one sweep, even for two sweeps started in the same second."""
+    now = now or datetime.now(timezone.utc)
+    return f"sweep_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+
+
+def check_tag(tag: str) -> str:
+    """A tag must be usable inside branch and event names."""
+    from torchperf.settings import ConfigError
+
+    if not TAG_PATTERN.match(tag):
+        raise ConfigError(f"tag={tag!r} must be 1-40 lowercase letters, digits or underscores")
+    return tag
+
+
+def variant_id(cpu: int, tensor_dim: int) -> str:
+    """Short, readable and unambiguous even once Argo drops the underscores: c2_n1024 -> c2n1024."""
+    return f"c{cpu}_n{tensor_dim}"
+
+
+def branch_name(tag: str, cpu: int, tensor_dim: int) -> str:
+    """The @project branch of one variant: its own namespace in Metaflow and in Argo."""
+    branch = f"{tag}_{variant_id(cpu, tensor_dim)}"
+    assert BRANCH_PATTERN.match(branch), branch
+    return branch
+
+
+def analytics_branch(tag: str) -> str:
+    """The @project branch of the sweep's SweepAnalyticsFlow."""
+    return f"{tag}_analytics"
+
+
+def event_name(tag: str) -> str:
+    """The Argo event a successful variant publishes and the sweep's analytics flow waits for."""
+    return f"torchperf_{tag}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the grid, with the branch it runs in."""
+
+    cpu: int
+    tensor_dim: int
+    branch: str
+
+    @property
+    def id(self) -> str:
+        return variant_id(self.cpu, self.tensor_dim)
+
+
+def grid(params: Mapping[str, Iterable]) -> list[dict]:
+    """The cartesian product of swept values, in Hydra's basic-sweeper order."""
+    keys = list(params)
+    return [dict(zip(keys, values)) for values in itertools.product(*params.values())]

@@ -1,0 +1,61 @@
+"""Keeping other work off the cores while a benchmark measures.
+
+Metaflow renders each live-card refresh in a child process; left running, it would compete
+with the timed loop for the same cores. ``wait_for_children`` lets the loop pause until it is
+done. ``cores_lock`` serializes CPU-heavy work of several processes on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+
+def _running_children() -> list[int]:
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                pids.extend(int(pid) for pid in children.read().split())
+        except OSError:
+            continue
+    running = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The state follows the parenthesized command name; Z is an exited child.
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            running.append(pid)
+    return running
+
+
+def wait_for_children(timeout: float = 10.0, poll: float = 0.01) -> bool:
+    """Wait until this process has no running child; False if some still run at the timeout."""
+    if not os.path.isdir("/proc/self/task"):
+        return True
+    deadline = time.monotonic() + timeout
+    while _running_children():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
+@contextlib.contextmanager
+def cores_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (no lock when None) for the duration of the block."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,57 @@
+"""TorchPerfFlow: PyTorch fp32 matrix-squaring throughput for one CPU count and matrix size.
+
+    python torchtest.py run
+    python torchtest.py run --config-value config '{"cpu": 2, "tensor_dim": 2048}'
+    python torchtest.py card server
+"""
+
+from metaflow import Config, FlowSpec, card, current, project, resources, step
+
+from torchperf.settings import DEFAULT_VARIANT
+
+
+@project(name="torchperf")
+class TorchPerfFlow(FlowSpec):
+    """Measure GFLOP/s of squaring an n x n fp32 matrix with `cpu` threads on `cpu` cores.
+
+    The number is the median over timed samples taken after warm-up; `result` holds it with the
+    samples, their spread and where it was measured. The matrix itself is not stored.
+    """
+
+    config = Config("config", default_value=DEFAULT_VARIANT)
+
+    @resources(cpu=config.cpu, memory=config.memory_mb)
+    @card(type="blank", id="benchmark", refresh_interval=1)
+    @step
+    def start(self):
+        """Validate the settings, pin to `cpu` cores and measure, with a live card."""
+        from torchperf import bench, live
+        from torchperf.quiet import cores_lock
+        from torchperf.settings import available_memory_bytes, validate_variant
+
+        settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
+        affinity = bench.pin_to_cores(settings.cpu)
+        card = live.BenchmarkCard(current.card["benchmark"], settings)
+        with cores_lock(settings.cores_lock):
+            result = bench.measure(
+                settings.tensor_dim,
+                settings.cpu,
+                settings.measure_seconds,
+                device=settings.device,
+                on_progress=card.update,
+            )
+        self.result = {**result, "affinity": affinity}
+        card.finish(self.result)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Report the figure."""
+        print(
+            f"{self.result['gflops']:.1f} GFLOP/s at cpu={self.config.cpu}, "
+            f"n={self.config.tensor_dim} (IQR {100 * self.result['iqr_ratio']:.1f} %)"
+        )
+
+
+if __name__ == "__main__":
+    TorchPerfFlow()
