@@ -1,0 +1,60 @@
+"""Shared fixtures: a private Metaflow datastore for the session and composed Hydra configs.
+
+Metaflow reads its settings from the environment when it is first imported, so the datastore is
+chosen in ``pytest_configure``, before any test module imports metaflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny variants: fast everywhere, still real TorchPerfFlow runs.
+TINY = {"tensor_dim": 64, "measure_seconds": 0.2}
+
+
+def pytest_configure(config):
+    datastore = tempfile.mkdtemp(prefix="torchperf-tests-")
+    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = datastore
+    os.environ["METAFLOW_DEFAULT_DATASTORE"] = "local"
+    os.environ["METAFLOW_DEFAULT_METADATA"] = "local"
+    os.environ.setdefault("METAFLOW_USER", "torchperf-tests")
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def datastore_root() -> Path:
+    """The folder that holds this test session's ``.metaflow``."""
+    return Path(os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep():
+    """Three real TorchPerfFlow runs tagged as one sweep, run once per test session.
+
+    Returns ``{"tag": str, "runs": {(cpu, tensor_dim): metaflow.Run}}``.
+    """
+    from metaflow import Runner
+
+    from torchperf.plan import branch_name, new_sweep_tag
+    from torchperf.settings import VariantSettings
+
+    tag = new_sweep_tag()
+    cores = min(2, len(os.sched_getaffinity(0)))
+    grid = [(1, 32), (1, 64), (cores, 32)]
+    runs = {}
+    for cpu, tensor_dim in dict.fromkeys(grid):
+        config = VariantSettings(cpu=cpu, tensor_dim=tensor_dim, measure_seconds=0.2, tag=tag)
+        with Runner(
+            str(ROOT / "torchtest.py"),
+            branch=branch_name(tag, cpu, tensor_dim),
+            config_value=[("config", config.as_config())],
+        ).run(tags=[tag]) as running:
+            assert running.status == "successful", running.stderr
+            runs[(cpu, tensor_dim)] = running.run
+    return {"tag": tag, "runs": runs}

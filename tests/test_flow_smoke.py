@@ -1,0 +1,2 @@
+def test_tiny_sweep_runs(tiny_sweep):
+    assert len(tiny_sweep["runs"]) >= 2
