@@ -7,7 +7,7 @@
 
 from metaflow import Config, FlowSpec, card, current, project, resources, step
 
-from torchperf.settings import DEFAULT_VARIANT
+from torchperf.settings import DEFAULT_VARIANT, parse_variant_config
 
 
 @project(name="torchperf")
@@ -18,7 +18,7 @@ class TorchPerfFlow(FlowSpec):
     samples, their spread and where it was measured. The matrix itself is not stored.
     """
 
-    config = Config("config", default_value=DEFAULT_VARIANT)
+    config = Config("config", default_value=DEFAULT_VARIANT, parser=parse_variant_config)
 
     @resources(cpu=config.cpu, memory=config.memory_mb)
     @card(type="blank", id="benchmark", refresh_interval=1)
@@ -26,7 +26,7 @@ class TorchPerfFlow(FlowSpec):
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
         from torchperf import bench, live
-        from torchperf.quiet import cores_lock
+        from torchperf.quiet import cores_lock, wait_for_card_renders
         from torchperf.settings import available_memory_bytes, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
@@ -39,6 +39,7 @@ class TorchPerfFlow(FlowSpec):
                 settings.measure_seconds,
                 device=settings.device,
                 on_progress=card.update,
+                quiet=wait_for_card_renders,
             )
         self.result = {**result, "affinity": affinity}
         card.finish(self.result)

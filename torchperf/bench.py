@@ -106,12 +106,15 @@ def measure(
     device: str = "cpu",
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: float = 1.0,
+    quiet: Callable[[], None] | None = None,
     max_warmup_seconds: float = 3.0,
 ) -> dict:
     """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample.
 
     ``on_progress`` is called between samples, never inside one, and the time it takes is not
     measured; it is called at most every ``progress_every`` seconds and once at the end.
+    ``quiet`` is called once before warm-up and must return when no background work of ours
+    (such as a card render) competes for the cores any more.
     """
     import torch
 
@@ -139,6 +142,8 @@ def measure(
             on_progress(progress)
             notified[0] = time.monotonic()
 
+    if quiet:
+        quiet()
     # The first call pays for thread start-up and allocation: it only sizes the samples.
     calls = calls_per_sample(timed(1))
     warmup_rates: list[float] = []
@@ -166,7 +171,8 @@ def measure(
         "threads": torch.get_num_threads(),
         "tensor_dim": tensor_dim,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch_version": torch.__version__,
+        # str(): a TorchVersion would make every reader of the artifact import torch.
+        "torch_version": str(torch.__version__),
         "measure_seconds": measured,
         "warmup_seconds": warmup_seconds,
         "warmup_settled": settled(warmup_rates),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torchperf.bench import Progress
-from torchperf.quiet import wait_for_children
+from torchperf.quiet import wait_for_card_renders
 from torchperf.settings import VariantSettings
 
 PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
@@ -27,22 +27,26 @@ class BenchmarkCard:
         )
         card.append(self._status)
         card.append(self._bar)
-        self._refresh()
-
-    def _refresh(self) -> None:
+        # Nothing is timed yet: this first render overlaps torch's import instead of waiting.
         self._card.refresh(force=True)
-        # The render runs in a child process; let it finish before the next timed sample.
-        wait_for_children()
 
     def update(self, progress: Progress) -> None:
-        """Show the phase, the share of the budget measured and the running median."""
+        """Show the phase, the share of the budget measured and the running median.
+
+        Called between timed samples; returns once the render has finished, so that no render
+        competes with the next sample. The final figure needs no refresh: the card is rendered
+        once more when the task ends.
+        """
+        if progress.phase == "done":
+            return
         figure = "" if progress.gflops is None else f" · running median {progress.gflops:.1f} GFLOP/s"
         self._status.update(
             f"**{PHASE_TEXT[progress.phase]}** · {progress.samples} samples{figure}"
         )
         share = min(1.0, progress.measured_seconds / progress.budget_seconds)
         self._bar.update(round(100 * share))
-        self._refresh()
+        self._card.refresh(force=True)
+        wait_for_card_renders()
 
     def finish(self, result: dict) -> None:
         """Replace the running figure with the result; the final render happens at task end."""

@@ -1,8 +1,9 @@
 """Keeping other work off the cores while a benchmark measures.
 
-Metaflow renders each live-card refresh in a child process; left running, it would compete
-with the timed loop for the same cores. ``wait_for_children`` lets the loop pause until it is
-done. ``cores_lock`` serializes CPU-heavy work of several processes on one machine.
+Metaflow renders each live-card refresh in a child process (``flow.py card create``); left
+running, it would compete with the timed loop for the same cores. ``wait_for_card_renders``
+lets the loop pause until it is done. ``cores_lock`` serializes CPU-heavy work of several
+processes on one machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 
-def _running_children() -> list[int]:
+def _running_children(marker: bytes) -> list[int]:
     pids = []
     for task in os.listdir("/proc/self/task"):
         try:
@@ -28,6 +29,9 @@ def _running_children() -> list[int]:
             with open(f"/proc/{pid}/stat") as stat:
                 # The state follows the parenthesized command name; Z is an exited child.
                 state = stat.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if marker not in cmdline.read():
+                    continue
         except (OSError, IndexError):
             continue
         if state not in ("Z", "X"):
@@ -35,12 +39,17 @@ def _running_children() -> list[int]:
     return running
 
 
-def wait_for_children(timeout: float = 10.0, poll: float = 0.01) -> bool:
-    """Wait until this process has no running child; False if some still run at the timeout."""
+# Metaflow's card renderer runs as `python flow.py ... card create ...`; other children, such as
+# a metadata heartbeat sidecar, live as long as the task and must not be waited for.
+CARD_RENDER = b"\0card\0create\0"
+
+
+def wait_for_card_renders(timeout: float = 10.0, poll: float = 0.01) -> bool:
+    """Wait until no card render started by this process runs; False if one still runs."""
     if not os.path.isdir("/proc/self/task"):
         return True
     deadline = time.monotonic() + timeout
-    while _running_children():
+    while _running_children(CARD_RENDER):
         if time.monotonic() > deadline:
             return False
         time.sleep(poll)

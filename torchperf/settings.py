@@ -127,3 +127,16 @@ def validate_variant(
         event=values["event"],
         cores_lock=values["cores_lock"],
     )
+
+
+def parse_variant_config(text: str) -> dict:
+    """Metaflow Config parser: a partial JSON object, completed with defaults and checked."""
+    import json
+
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a JSON object, not {type(raw).__name__}")
+    return validate_variant(raw).as_config()

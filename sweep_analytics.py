@@ -1,0 +1,66 @@
+"""SweepAnalyticsFlow: the sweep's live aggregate, re-computed after every successful variant.
+
+    python sweep_analytics.py run --config-value config '{"tag": "sweep_20250101_120000_abc123"}'
+    python sweep_analytics.py card server
+
+On Argo it is triggered by the sweep's event; each run reads only the TorchPerfFlow runs that
+the previous analytics run for the same tag had not seen (see torchperf/analytics.py).
+"""
+
+import json
+
+from metaflow import Config, FlowSpec, card, config_expr, current, project, step, trigger
+
+
+def parse_config(text: str) -> dict:
+    """Fill the defaults (the event from the tag); a missing tag is reported by ``start``."""
+    from torchperf.analytics import analytics_config
+
+    cfg = analytics_config(json.loads(text)); from torchperf.analytics import require_tag; require_tag(cfg); return cfg
+
+
+@project(name="torchperf")
+@trigger(event=config_expr("config.event or 'torchperf_untagged'"))
+class SweepAnalyticsFlow(FlowSpec):
+    """Aggregate the successful TorchPerfFlow runs carrying the sweep's tag into `results`.
+
+    `rows` (run pathspec -> row) carries the aggregate from one analytics run to the next, so a
+    run delivered twice counts once and seen runs are never loaded again.
+    """
+
+    config = Config("config", default_value={"tag": None}, parser=parse_config)
+
+    @card(type="blank", id="sweep")
+    @step
+    def start(self):
+        """Read the new runs, merge them into the previous aggregate and draw the card."""
+        from torchperf import analytics, report
+
+        tag = analytics.require_tag(self.config)
+        previous = analytics.previous_rows(tag, current.run_id)
+        seen = analytics.collect(tag, previous, wait_seconds=self.config.wait_seconds)
+        self.rows = seen.rows
+        self.failed = seen.failed
+        self.running = seen.running
+        self.stats = {"listed": seen.listed, "loaded": seen.loaded, **seen.seconds}
+        self.results = analytics.to_frame(analytics.derive(self.rows.values()))
+        report.fill_card(
+            current.card["sweep"],
+            tag=tag,
+            results=self.results,
+            failed=self.failed,
+            running=self.running,
+            planned=self.config.planned,
+        )
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Print the progress line."""
+        from torchperf.analytics import progress_line
+
+        print(progress_line(self.config.tag, len(self.results), len(self.failed), self.config.planned))
+
+
+if __name__ == "__main__":
+    SweepAnalyticsFlow()

@@ -1,0 +1,259 @@
+"""A Kubernetes API on loopback that answers the argoproj.io calls Metaflow's Deployer makes.
+
+It stores WorkflowTemplates, Sensors, CronWorkflows and Workflows in memory, moves each Workflow
+Pending -> Running -> Succeeded (or Failed) on the clock, honours ``spec.shutdown`` and plays the
+Argo Events part: an event POSTed to ``/webhook`` that matches a Sensor's filter starts a
+Workflow from that Sensor's trigger. What it does not do is run pods: no step ever executes.
+
+    with KubeAPI(run_seconds=0.5) as api:
+        api.write_kubeconfig(tmp_path / "kubeconfig")
+        api.fail.add("c2n64")      # workflows whose template name contains this end Failed
+        api.hang.add("c4n64")      # ... these stay Running until terminated
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PATH = re.compile(
+    r"^/apis/argoproj\.io/v1alpha1/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
+)
+KINDS = {
+    "workflows": "Workflow",
+    "workflowtemplates": "WorkflowTemplate",
+    "cronworkflows": "CronWorkflow",
+    "sensors": "Sensor",
+}
+FINISHED = ("Succeeded", "Failed", "Error")
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _merge(target: dict, patch: dict) -> dict:
+    """JSON merge patch (RFC 7386), which the kubernetes client sends for custom objects."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def _lookup(document, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(document, dict) or part not in document:
+            return None
+        document = document[part]
+    return document
+
+
+class KubeAPI:
+    """The server and its state; thread-safe, so the Deployer's parallel calls may hit it."""
+
+    def __init__(self, pending_seconds: float = 0.1, run_seconds: float = 0.5):
+        self.pending_seconds = pending_seconds
+        self.run_seconds = run_seconds
+        self.fail: set[str] = set()  # template-name fragments whose workflows end Failed
+        self.hang: set[str] = set()  # template-name fragments whose workflows never finish
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
+        self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
+        self.events: list[dict] = []  # bodies POSTed to /webhook
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every call
+        self.lock = threading.RLock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> KubeAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """A kubeconfig whose only context points at this server (no credentials)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "loopback", "cluster": {"server": self.url}}],
+            "users": [{"name": "loopback", "user": {}}],
+            "contexts": [
+                {
+                    "name": "loopback",
+                    "context": {"cluster": "loopback", "user": "loopback", "namespace": namespace},
+                }
+            ],
+            "current-context": "loopback",
+        }
+        Path(path).write_text(json.dumps(config))  # JSON is YAML
+        return Path(path)
+
+    # -- what tests look at ------------------------------------------------------------------
+    def names(self, plural: str) -> list[str]:
+        with self.lock:
+            return sorted(name for (_, kind, name) in self.objects if kind == plural)
+
+    def workflows(self) -> list[dict]:
+        with self.lock:
+            return [self._advance(obj) for (_, p, _), obj in self.objects.items() if p == "workflows"]
+
+    def running(self) -> list[str]:
+        return [
+            wf["metadata"]["name"]
+            for wf in self.workflows()
+            if wf["status"]["phase"] in ("Pending", "Running")
+        ]
+
+    # -- the API -----------------------------------------------------------------------------
+    def _advance(self, workflow: dict) -> dict:
+        """Move a workflow's phase along the clock, once it was created."""
+        status = workflow["status"]
+        if status["phase"] in FINISHED:
+            return workflow
+        template = workflow["spec"].get("workflowTemplateRef", {}).get("name", "")
+        age = time.monotonic() - self.started[workflow["metadata"]["name"]]
+        if workflow["spec"].get("shutdown"):
+            status.update(phase="Failed", message="Stopped with strategy 'Terminate'")
+        elif age < self.pending_seconds:
+            status["phase"] = "Pending"
+        elif any(f in template for f in self.hang) or age < self.pending_seconds + self.run_seconds:
+            status["phase"] = "Running"
+        elif any(f in template for f in self.fail):
+            status.update(phase="Failed", message="child 'start' failed")
+        else:
+            status["phase"] = "Succeeded"
+        if status["phase"] in FINISHED:
+            status["finishedAt"] = _now_iso()
+        return workflow
+
+    def _create(self, ns: str, plural: str, body: dict) -> tuple[int, dict]:
+        meta = body.setdefault("metadata", {})
+        if "name" not in meta:
+            meta["name"] = meta.pop("generateName", "obj-") + secrets.token_hex(3)[:5]
+        key = (ns, plural, meta["name"])
+        if key in self.objects:
+            return 409, self._status(409, f'{plural} "{meta["name"]}" already exists')
+        meta.update(namespace=ns, resourceVersion="1", uid=secrets.token_hex(8))
+        meta.setdefault("creationTimestamp", _now_iso())
+        if plural == "workflows":
+            self._instantiate(ns, body)
+        self.objects[key] = body
+        return 201, body
+
+    def _instantiate(self, ns: str, workflow: dict) -> None:
+        """What the workflow controller does: copy the template's workflowMetadata, start it."""
+        ref = workflow["spec"].get("workflowTemplateRef", {}).get("name")
+        template = self.objects.get((ns, "workflowtemplates", ref or ""), {})
+        wf_meta = template.get("spec", {}).get("workflowMetadata", {})
+        for field in ("labels", "annotations"):
+            merged = {**wf_meta.get(field, {}), **workflow["metadata"].get(field, {})}
+            workflow["metadata"][field] = merged
+        workflow["status"] = {"phase": "Pending", "startedAt": _now_iso(), "finishedAt": None}
+        if ref and not template:
+            workflow["status"].update(
+                phase="Error", message=f"workflowtemplate {ref} not found", finishedAt=_now_iso()
+            )
+        self.started[workflow["metadata"]["name"]] = time.monotonic()
+
+    def _publish(self, event: dict) -> None:
+        """Argo Events: every Sensor whose data filters match starts its trigger's workflow."""
+        self.events.append(event)
+        for (ns, plural, _), sensor in list(self.objects.items()):
+            if plural != "sensors":
+                continue
+            deps = sensor["spec"].get("dependencies", [])
+            matched = any(
+                all(
+                    _lookup({"body": event}, f["path"]) in f.get("value", [])
+                    for f in dep.get("filters", {}).get("data", [])
+                )
+                for dep in deps
+            )
+            for trigger in sensor["spec"].get("triggers", []) if matched else []:
+                resource = trigger["template"]["argoWorkflow"]["source"]["resource"]
+                self._create(ns, "workflows", json.loads(json.dumps(resource)))
+
+    @staticmethod
+    def _status(code: int, message: str) -> dict:
+        reason = {404: "NotFound", 409: "AlreadyExists"}.get(code, "BadRequest")
+        return {"kind": "Status", "status": "Failure", "message": message, "reason": reason,
+                "code": code}  # fmt: skip
+
+    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
+        with self.lock:
+            self.requests.append((method, path))
+            if method == "POST" and path.rstrip("/") == "/webhook":
+                self._publish(body or {})
+                return 200, {}
+            match = PATH.match(path)
+            if not match or match["plural"] not in KINDS:
+                return 404, self._status(404, f"no route for {method} {path}")
+            ns, plural, name = match["ns"], match["plural"], match["name"]
+            key = (ns, plural, name)
+            if name is None and method == "GET":
+                items = [
+                    self._advance(o) if p == "workflows" else o
+                    for (n, p, _), o in self.objects.items()
+                    if n == ns and p == plural
+                ]
+                return 200, {"kind": KINDS[plural] + "List", "items": items, "metadata": {}}
+            if name is None and method == "POST":
+                return self._create(ns, plural, body or {})
+            if key not in self.objects:
+                return 404, self._status(404, f'{plural} "{name}" not found')
+            obj = self.objects[key]
+            if method == "GET":
+                return 200, self._advance(obj) if plural == "workflows" else obj
+            if method == "PUT":
+                body["metadata"]["resourceVersion"] = str(
+                    int(obj["metadata"].get("resourceVersion", "1")) + 1
+                )
+                self.objects[key] = body
+                return 200, body
+            if method == "PATCH":
+                return 200, _merge(obj, body or {})
+            if method == "DELETE":
+                del self.objects[key]
+                return 200, {"kind": "Status", "status": "Success", "code": 200}
+            return 405, self._status(405, f"{method} not allowed")
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                code, payload = api.handle(self.command, urlsplit(self.path).path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        return Handler

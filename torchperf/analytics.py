@@ -1,0 +1,258 @@
+"""Aggregation of one sweep: rows from run results, derived metrics and the incremental merge.
+
+The pure functions work on plain dicts, one per TorchPerfFlow run, keyed by the run's pathspec;
+``collect`` at the bottom is the one seam that reads Metaflow runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from torchperf.plan import check_tag, event_name
+from torchperf.settings import ConfigError
+
+# The columns of the ``results`` frame, in order.
+COLUMNS = (
+    "cpu",
+    "tensor_dim",
+    "gflops",
+    "iqr_ratio",
+    "speedup",
+    "efficiency",
+    "noisy",
+    "run",
+    "created_at",
+)
+# How long an analytics run waits for a variant that is in its last step (its event may arrive
+# before Metaflow marks it successful) before leaving it to the next aggregation.
+DEFAULT_WAIT_SECONDS = 60.0
+ANALYTICS_DEFAULTS = {
+    "tag": None,  # the sweep's tag: required
+    "event": None,  # the event that triggers the flow on Argo; derived from the tag when null
+    "planned": None,  # how many variants the sweep plans, when known
+    "wait_seconds": DEFAULT_WAIT_SECONDS,  # wait at most this long for variants in their end step
+}
+
+
+def analytics_config(raw: Mapping | None) -> dict:
+    """The analytics flow's config with defaults filled in; a null tag keeps ``event`` null."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(ANALYTICS_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(ANALYTICS_DEFAULTS)}")
+    config = {**ANALYTICS_DEFAULTS, **raw}
+    if config["tag"] is not None and config["event"] is None:
+        config["event"] = event_name(config["tag"])
+    return config
+
+
+def require_tag(config: Mapping) -> str:
+    """The tag to aggregate, or a one-line error naming how to pass it."""
+    tag = config.get("tag")
+    if not tag:
+        raise ConfigError(
+            "config.tag is required: run with --config-value config '{\"tag\": \"<sweep tag>\"}'"
+        )
+    return check_tag(tag)
+
+
+def row_from_run(pathspec: str, config: Mapping, result: Mapping, created_at: str) -> dict:
+    """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples)."""
+    return {
+        "run": pathspec,
+        "cpu": int(config["cpu"]),
+        "tensor_dim": int(config["tensor_dim"]),
+        "gflops": float(result["gflops"]),
+        "iqr_ratio": float(result["iqr_ratio"]),
+        "noisy": bool(result["noisy"]),
+        "created_at": created_at,
+    }
+
+
+def merge_rows(previous: Mapping[str, dict], new: Iterable[dict]) -> dict[str, dict]:
+    """Seen rows plus new ones, keyed by run pathspec: a run delivered twice counts once."""
+    merged = dict(previous)
+    for row in new:
+        merged[row["run"]] = row
+    return merged
+
+
+def latest_per_variant(rows: Iterable[dict]) -> list[dict]:
+    """One row per (cpu, tensor_dim): a variant run again counts with its newest run."""
+    latest: dict[tuple[int, int], dict] = {}
+    for row in rows:
+        key = (row["cpu"], row["tensor_dim"])
+        if key not in latest or row["created_at"] > latest[key]["created_at"]:
+            latest[key] = row
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[1], k[0]))]
+
+
+def derive(rows: Iterable[dict]) -> list[dict]:
+    """Add speed-up and parallel efficiency against the smallest cpu of the whole sweep.
+
+    speedup = GFLOP/s / GFLOP/s of the same tensor_dim at the smallest cpu;
+    efficiency = speedup / (cpu / smallest cpu). Both are NaN where that baseline is missing.
+    """
+    rows = latest_per_variant(rows)
+    if not rows:
+        return []
+    base_cpu = min(row["cpu"] for row in rows)
+    base = {row["tensor_dim"]: row["gflops"] for row in rows if row["cpu"] == base_cpu}
+    derived = []
+    for row in rows:
+        reference = base.get(row["tensor_dim"])
+        speedup = row["gflops"] / reference if reference else math.nan
+        derived.append(
+            {**row, "speedup": speedup, "efficiency": speedup / (row["cpu"] / base_cpu)}
+        )
+    return derived
+
+
+def gflops_table(rows: Iterable[dict]) -> tuple[list[int], list[int], list[list[float | None]]]:
+    """GFLOP/s as a cpu x tensor_dim grid: (cpus, tensor_dims, cells[cpu][tensor_dim])."""
+    rows = list(rows)
+    cpus = sorted({row["cpu"] for row in rows})
+    dims = sorted({row["tensor_dim"] for row in rows})
+    cell = {(row["cpu"], row["tensor_dim"]): row["gflops"] for row in rows}
+    return cpus, dims, [[cell.get((cpu, dim)) for dim in dims] for cpu in cpus]
+
+
+def progress_line(tag: str, done: int, failed: int, planned: int | None) -> str:
+    """'N of M variants done (F failed)', or without M where the plan is unknown."""
+    of = f" of {planned}" if planned else ""
+    return f"Sweep `{tag}`: {done}{of} variants done ({failed} failed)"
+
+
+def to_frame(rows: Iterable[dict]):
+    """The ``results`` DataFrame: one row per successful variant, in COLUMNS order."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows), columns=list(COLUMNS))
+
+
+# ---- The seam: reading runs through the Metaflow client ------------------------------------
+
+SUCCESSFUL, FAILED, RUNNING = "successful", "failed", "running"
+
+
+def run_status(run) -> str:
+    """successful, failed (some task's last attempt failed), or running (neither, yet).
+
+    A run that failed never reaches its end step, so ``run.finished`` stays false; the failed
+    task's ``attempt_ok`` metadata (written even when its artifacts fail to save) tells it
+    apart from one still running. Failed runs are never memoized: a retry that later succeeds
+    moves the variant to done at the next aggregation. A run killed without a chance to write
+    ``attempt_ok`` (a lost node) stays "running".
+    """
+    if run.successful:
+        return SUCCESSFUL
+    for step in run:
+        for task in step:
+            if task.metadata_dict.get("attempt_ok") == "False":
+                return FAILED
+    return RUNNING
+
+
+def in_end_step(run) -> bool:
+    """Whether the run's last step has started: its success is seconds away, worth waiting."""
+    return run.end_task is not None
+
+
+@dataclass
+class Collected:
+    """What one aggregation saw: every successful row so far, and the unfinished runs."""
+
+    rows: dict[str, dict]
+    failed: list[dict] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    listed: int = 0  # runs carrying the tag
+    loaded: int = 0  # runs whose artifacts were read this time
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _failed_row(run) -> dict:
+    config = run["start"].task.data.config if "start" in run else {}
+    return {
+        "run": run.pathspec,
+        "cpu": config.get("cpu"),
+        "tensor_dim": config.get("tensor_dim"),
+        "created_at": run.created_at.isoformat(),
+    }
+
+
+def collect(
+    tag: str,
+    previous: Mapping[str, dict],
+    *,
+    wait_seconds: float = 0.0,
+    poll_seconds: float = 0.5,
+    flow_name: str = "TorchPerfFlow",
+) -> Collected:
+    """Read the tag's runs not in ``previous`` (in any branch) and merge the successful ones.
+
+    Listing the tag's runs reads one small metadata file per run; only unseen runs have
+    their status checked and their artifacts loaded. Runs already in their end step are waited
+    for up to ``wait_seconds``; other unfinished runs are left for the next aggregation.
+    """
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    started = time.perf_counter()
+    try:
+        listed = list(Flow(flow_name).runs(tag))
+    except MetaflowNotFound:
+        listed = []
+    listing = time.perf_counter() - started
+    unseen = [run for run in listed if run.pathspec not in previous]
+    deadline = time.monotonic() + wait_seconds
+    new, failed, running = [], [], []
+    while True:
+        waiting = []
+        for run in unseen:
+            status = run_status(run)
+            if status == SUCCESSFUL:
+                data = run.data
+                created = run.created_at.isoformat()
+                new.append(row_from_run(run.pathspec, data.config, data.result, created))
+            elif status == FAILED:
+                failed.append(_failed_row(run))
+            elif in_end_step(run) and time.monotonic() < deadline:
+                waiting.append(run)
+            else:
+                running.append(run.pathspec)
+        if not waiting:
+            break
+        time.sleep(poll_seconds)
+        unseen = waiting
+    done = latest_per_variant(merge_rows(previous, new).values())
+    done_variants = {(row["cpu"], row["tensor_dim"]) for row in done}
+    # A variant that failed once and then succeeded in a later run is done, not failed.
+    failed = [row for row in failed if (row["cpu"], row["tensor_dim"]) not in done_variants]
+    return Collected(
+        rows=merge_rows(previous, new),
+        failed=failed,
+        running=running,
+        listed=len(listed),
+        loaded=len(new),
+        seconds={"list": listing, "total": time.perf_counter() - started},
+    )
+
+
+def previous_rows(tag: str, current_run_id: str | None, flow_name: str = "SweepAnalyticsFlow"):
+    """The rows of the latest successful analytics run for ``tag``, or {} (the first run)."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        runs = Flow(flow_name).runs(tag)
+        for run in runs:  # newest first
+            if run.id != current_run_id and run.successful:
+                return dict(run.data.rows)
+    except MetaflowNotFound:
+        pass
+    return {}

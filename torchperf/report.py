@@ -1,0 +1,3 @@
+"""placeholder"""
+def fill_card(card, **kw):
+    pass
