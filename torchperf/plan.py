@@ -70,3 +70,59 @@ def grid(params: Mapping[str, Iterable]) -> list[dict]:
     """The cartesian product of swept values, in Hydra's basic-sweeper order."""
     keys = list(params)
     return [dict(zip(keys, values)) for values in itertools.product(*params.values())]
+
+
+def expand_overrides(params: Mapping[str, str], arguments: Iterable[str]) -> list[dict]:
+    """The jobs Hydra's basic sweeper will launch, as {key: value} of their overrides.
+
+    ``params`` is ``hydra.sweeper.params`` and ``arguments`` the command line's overrides,
+    which win over params for the same key, exactly as in the basic sweeper.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return [
+        {ov.key_or_group: ov.value() for ov in parser.parse_overrides(job) if not ov.is_delete()}
+        for job in jobs
+    ]
+
+
+def check_overrides(
+    arguments: Iterable[str], known_keys: Iterable[str], groups: Mapping[str, Iterable[str]]
+) -> None:
+    """Reject an override of an unknown key or an unknown group option, in one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from torchperf.settings import ConfigError
+
+    known = set(known_keys)
+    parser = OverridesParser.create()
+    for argument in arguments:
+        try:
+            (override,) = parser.parse_overrides([argument])
+        except OverrideParseException as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError(f"cannot read override {argument!r}: {first_line}") from None
+        key = override.key_or_group
+        root = key.split(".")[0].split("/")[0]
+        if root == "hydra":
+            continue
+        if key in groups:
+            options = set(groups[key])
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+            for value in values:
+                if value not in options:
+                    raise ConfigError(
+                        f"{key}={value} is unknown; choose one of: {', '.join(sorted(options))}"
+                    )
+            continue
+        if root not in known:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")

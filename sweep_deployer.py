@@ -1,0 +1,45 @@
+"""Sweep TorchPerfFlow over CPU count and matrix size, on this machine or on Argo Workflows.
+
+    python sweep_deployer.py -m                              # the default grid, locally
+    python sweep_deployer.py -m cpu=1,2 tensor_dim=256,512   # your own grid
+    python sweep_deployer.py -m tag=sweep_20261126_...       # resume a sweep
+    python sweep_deployer.py -m backend=argo                 # on Argo Workflows
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from torchperf import hydra_app, sweep
+from torchperf.settings import ConfigError
+
+ROOT = Path(__file__).resolve().parent
+
+
+@hydra.main(version_base=None, config_path=".", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """One Hydra job: one variant; returns its GFLOP/s so that optimizing sweepers can use it."""
+    return hydra_app.run_job(cfg)
+
+
+def _terminate(signum, frame):
+    # SIGTERM ends the sweep the way Ctrl-C does: running variants stop, the summary stays true.
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    try:
+        hydra_app.check_command_line(sys.argv[1:], ROOT)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    hydra_app.register_resolvers()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        main()
+    except KeyboardInterrupt:
+        status = sweep.current().close(interrupted=True) if sweep._current else 130
+        sys.exit(status)
+    sys.exit(sweep.last_exit_status())

@@ -1,0 +1,34 @@
+"""What earlier runs of a sweep left behind, read through Metaflow's client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Done:
+    """A variant that already succeeded under the tag."""
+
+    run: str  # pathspec
+    gflops: float
+
+
+def succeeded_variants(tag: str) -> dict[tuple[int, int], Done]:
+    """Successful TorchPerfFlow runs tagged ``tag``, by (cpu, tensor_dim); newest wins."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    # Variants run in their own @project branches: look across all namespaces.
+    namespace(None)
+    try:
+        runs = list(Flow("TorchPerfFlow").runs(tag))
+    except MetaflowNotFound:
+        return {}
+    done: dict[tuple[int, int], Done] = {}
+    for run in sorted(runs, key=lambda r: r.created_at):
+        if run.successful:
+            config, result = run.data.config, run.data.result
+            done[(int(config["cpu"]), int(config["tensor_dim"]))] = Done(
+                run.pathspec, float(result["gflops"])
+            )
+    return done

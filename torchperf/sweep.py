@@ -1,0 +1,182 @@
+"""One sweep in this process: its identity, its plan, its backend, its summary and its display.
+
+The Hydra callback opens it once before the first job and closes it once at the end; every
+Hydra job runs one variant through it. Nothing here knows how a variant runs: the backend does.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from torchperf.backends import make_backend
+from torchperf.backends.base import Backend, Outcome, SweepSpec
+from torchperf.history import Done, succeeded_variants
+from torchperf.plan import (
+    SWEPT_KEYS,
+    Variant,
+    branch_name,
+    check_tag,
+    event_name,
+    new_sweep_tag,
+)
+from torchperf.progress import SweepProgress
+from torchperf.settings import ConfigError, VariantSettings, validate_variant
+from torchperf.summary import SweepSummary
+
+_current: Sweep | None = None
+_last_exit_status = 0
+
+
+def last_exit_status() -> int:
+    """The exit status of the last sweep closed in this process."""
+    return _last_exit_status
+
+
+def current() -> Sweep:
+    """The sweep this process runs (opened by the Hydra callback)."""
+    if _current is None:
+        raise RuntimeError("no sweep is open: run sweep_deployer.py, which opens one")
+    return _current
+
+
+def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
+    """The variant and its settings from a job's config values; ConfigError when invalid."""
+    settings = validate_variant(
+        {key: values[key] for key in SWEPT_KEYS if key in values}
+        | {"tag": tag, "event": event_name(tag)}
+    )
+    return Variant(settings.cpu, settings.tensor_dim, branch_name(tag, *_key(settings))), settings
+
+
+def _key(settings: VariantSettings) -> tuple[int, int]:
+    return settings.cpu, settings.tensor_dim
+
+
+def plan_variants(
+    base: Mapping, jobs: list[dict], tag: str
+) -> list[tuple[Variant, VariantSettings]]:
+    """Every job's variant, checked, before anything runs."""
+    planned, seen = [], set()
+    for job in jobs:
+        if "backend" in job and job["backend"] != base.get("backend", {}).get("name"):
+            raise ConfigError("backend cannot be swept: run one sweep per backend")
+        variant, settings = variant_of({**base, **job}, tag)
+        if variant.branch in seen:
+            raise ConfigError(
+                f"cpu={variant.cpu} tensor_dim={variant.tensor_dim} appears twice in the grid"
+            )
+        seen.add(variant.branch)
+        planned.append((variant, settings))
+    return planned
+
+
+class Sweep:
+    """A sweep's state in this process; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        backend: Backend,
+        backend_name: str,
+        done: dict[tuple[int, int], Done] | None = None,
+        display: bool = True,
+    ):
+        self.spec = spec
+        self.backend = backend
+        self.done = done or {}
+        self.summary = SweepSummary(
+            spec.sweep_dir, spec.tag, backend_name, len(spec.planned) or None
+        )
+        self.progress = SweepProgress(spec.tag, len(spec.planned) or None) if display else None
+        self.interrupted = False
+        self._closed = False
+
+    @classmethod
+    def open(cls, config, jobs: list[dict] | None, sweep_dir: Path) -> Sweep:
+        """Check everything and prepare the backend; ConfigError before anything runs.
+
+        ``jobs`` is the list of each job's overrides when known up front (the basic sweeper),
+        None when a sweeper chooses values as it goes (Optuna, Ax, Nevergrad).
+        """
+        global _current
+        tag = check_tag(str(config.tag)) if config.tag else new_sweep_tag()
+        base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
+        planned = plan_variants(base, jobs or [], tag)
+        spec = SweepSpec(
+            tag=tag,
+            event=event_name(tag),
+            sweep_dir=Path(sweep_dir),
+            planned=planned,
+            dry_run=bool(config.dry_run),
+            live_analytics=bool(config.live_analytics),
+            variant_timeout_seconds=float(config.variant_timeout_seconds),
+        )
+        options = dict(config.backend)
+        backend = make_backend(options.get("name", "local"), options)
+        backend.preflight(spec)
+        # A given tag resumes that sweep: what already succeeded is not run again.
+        done = succeeded_variants(tag) if config.tag else {}
+        _current = cls(spec, backend, options.get("name", "local"), done)
+        return _current
+
+    def run_job(self, values: Mapping) -> float:
+        """Run one Hydra job's variant; its GFLOP/s, or NaN (a failed trial) when it failed."""
+        try:
+            variant, settings = variant_of(values, self.spec.tag)
+        except ConfigError as error:
+            # Only sweepers that choose values as they go get here: planned jobs were checked.
+            print(f"error: {error}", file=sys.stderr)
+            return math.nan
+        if self.progress:
+            self.progress.started(variant)
+        try:
+            outcome = self._run(variant, settings)
+        except BaseException:
+            self._end(variant, Outcome("cancelled", message="interrupted"))
+            raise
+        self._end(variant, outcome)
+        return outcome.gflops if outcome.status in ("succeeded", "skipped") else math.nan
+
+    def _run(self, variant: Variant, settings: VariantSettings) -> Outcome:
+        earlier = self.done.get((variant.cpu, variant.tensor_dim))
+        if earlier:
+            return Outcome("skipped", earlier.run, earlier.gflops, message="succeeded before")
+        if self.spec.dry_run:
+            return Outcome("skipped", message="dry run")
+        return self.backend.run_variant(self.spec, variant, settings)
+
+    def _end(self, variant: Variant, outcome: Outcome) -> None:
+        self.summary.record(variant, outcome)
+        if self.progress:
+            self.progress.ended(variant, outcome)
+
+    def close(self, interrupted: bool = False) -> int:
+        """Finish once: final analytics, teardown, summary; the process's exit status."""
+        global _current, _last_exit_status
+        if self._closed:
+            return self.exit_status()
+        self._closed = True
+        self.interrupted = interrupted
+        if interrupted:
+            self.backend.cancel()
+            ended = {v["branch"] for v in self.summary.variants}
+            for variant, _ in self.spec.planned:
+                if variant.branch not in ended:
+                    self.summary.record(variant, Outcome("cancelled", message="not started"))
+        try:
+            analytics = self.backend.finish(self.spec, interrupted)
+            self.summary.set_analytics_run(analytics)
+        finally:
+            if self.progress:
+                self.progress.close(self.summary.variants)
+            _current = None
+            _last_exit_status = self.exit_status()
+        return _last_exit_status
+
+    def exit_status(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if self.summary.all_good() else 1
