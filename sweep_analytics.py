@@ -1,6 +1,6 @@
 """SweepAnalyticsFlow: the sweep's live aggregate, re-computed after every successful variant.
 
-    python sweep_analytics.py run --config-value config '{"tag": "sweep_20250101_120000_abc123"}'
+    python sweep_analytics.py --config-value config '{"tag": "sweep_20250101_120000_abc123"}' run
     python sweep_analytics.py card server
 
 On Argo it is triggered by the sweep's event; each run reads only the TorchPerfFlow runs that
@@ -8,6 +8,7 @@ the previous analytics run for the same tag had not seen (see torchperf/analytic
 """
 
 import json
+import sys
 
 from metaflow import Config, FlowSpec, card, config_expr, current, project, step, trigger
 
@@ -16,7 +17,7 @@ def parse_config(text: str) -> dict:
     """Fill the defaults (the event from the tag); a missing tag is reported by ``start``."""
     from torchperf.analytics import analytics_config
 
-    cfg = analytics_config(json.loads(text)); from torchperf.analytics import require_tag; require_tag(cfg); return cfg
+    return analytics_config(json.loads(text))
 
 
 @project(name="torchperf")
@@ -35,8 +36,13 @@ class SweepAnalyticsFlow(FlowSpec):
     def start(self):
         """Read the new runs, merge them into the previous aggregate and draw the card."""
         from torchperf import analytics, report
+        from torchperf.settings import ConfigError
 
-        tag = analytics.require_tag(self.config)
+        try:
+            tag = analytics.require_tag(self.config)
+        except ConfigError as error:
+            # One line for the user instead of a traceback; the task still counts as failed.
+            sys.exit(f"error: {error}")
         previous = analytics.previous_rows(tag, current.run_id)
         seen = analytics.collect(tag, previous, wait_seconds=self.config.wait_seconds)
         self.rows = seen.rows
@@ -59,7 +65,9 @@ class SweepAnalyticsFlow(FlowSpec):
         """Print the progress line."""
         from torchperf.analytics import progress_line
 
-        print(progress_line(self.config.tag, len(self.results), len(self.failed), self.config.planned))
+        print(
+            progress_line(self.config.tag, len(self.results), len(self.failed), self.config.planned)
+        )
 
 
 if __name__ == "__main__":

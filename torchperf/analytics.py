@@ -54,7 +54,7 @@ def require_tag(config: Mapping) -> str:
     tag = config.get("tag")
     if not tag:
         raise ConfigError(
-            "config.tag is required: run with --config-value config '{\"tag\": \"<sweep tag>\"}'"
+            'config.tag is required: run with --config-value config \'{"tag": "<sweep tag>"}\''
         )
     return check_tag(tag)
 
@@ -105,9 +105,7 @@ def derive(rows: Iterable[dict]) -> list[dict]:
     for row in rows:
         reference = base.get(row["tensor_dim"])
         speedup = row["gflops"] / reference if reference else math.nan
-        derived.append(
-            {**row, "speedup": speedup, "efficiency": speedup / (row["cpu"] / base_cpu)}
-        )
+        derived.append({**row, "speedup": speedup, "efficiency": speedup / (row["cpu"] / base_cpu)})
     return derived
 
 

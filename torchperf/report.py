@@ -1,3 +1,192 @@
-"""placeholder"""
-def fill_card(card, **kw):
-    pass
+"""What a user sees of a sweep: the analytics card, its charts, and the report files.
+
+matplotlib and pandas are imported inside the functions that draw, so that importing this
+module (and the flow file) stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from torchperf.analytics import gflops_table, progress_line
+
+CARD_ID = "sweep"
+REPORT_FILES = ("speedup.png", "efficiency.png", "report.html")
+
+
+def vega_spec(rows: Iterable[dict]) -> dict:
+    """Vega-Lite: GFLOP/s against cpu, one line per tensor_dim."""
+    values = [
+        {"cpu": row["cpu"], "tensor_dim": row["tensor_dim"], "gflops": row["gflops"]}
+        for row in rows
+    ]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Throughput against cores",
+        "data": {"values": values},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "cpu", "type": "quantitative", "title": "cpu (cores)"},
+            "y": {"field": "gflops", "type": "quantitative", "title": "GFLOP/s (median)"},
+            "color": {"field": "tensor_dim", "type": "nominal", "title": "tensor_dim (n)"},
+            "tooltip": [
+                {"field": "cpu", "type": "quantitative"},
+                {"field": "tensor_dim", "type": "quantitative"},
+                {"field": "gflops", "type": "quantitative", "format": ".1f"},
+            ],
+        },
+        # A fixed size: "container" (Metaflow's default) measures 0 wide in a headless page.
+        "width": 500,
+        "height": 300,
+    }
+
+
+def scaling_figure(rows: Sequence[dict], metric: str):
+    """speed-up or efficiency against cpu, one line per tensor_dim, with the ideal line."""
+    from matplotlib.figure import Figure
+
+    # A bare Figure needs no pyplot state and no GUI backend.
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    cpus = sorted({row["cpu"] for row in rows})
+    for dim in sorted({row["tensor_dim"] for row in rows}):
+        line = sorted((r for r in rows if r["tensor_dim"] == dim), key=lambda r: r["cpu"])
+        points = [(r["cpu"], r[metric]) for r in line if not math.isnan(r[metric])]
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", label=f"n={dim}")
+    if cpus:
+        base = cpus[0]
+        ideal = [cpu / base for cpu in cpus] if metric == "speedup" else [1.0] * len(cpus)
+        axes.plot(cpus, ideal, linestyle="--", color="grey", label="ideal")
+    title, unit = {
+        "speedup": ("Speed-up", "x the smallest cpu"),
+        "efficiency": ("Parallel efficiency", "speed-up / (cpu / smallest cpu)"),
+    }[metric]
+    axes.set_title(title)
+    axes.set_xlabel("cpu (cores)")
+    axes.set_ylabel(f"{title.lower()} ({unit})")
+    axes.set_xticks(cpus)
+    axes.grid(alpha=0.3)
+    axes.legend(title="tensor_dim")
+    return figure
+
+
+def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    cpus, dims, cells = gflops_table(rows)
+    noisy = {(r["cpu"], r["tensor_dim"]) for r in rows if r["noisy"]}
+    headers = ["cpu \\ tensor_dim"] + [f"n={dim}" for dim in dims]
+    body = []
+    for cpu, line in zip(cpus, cells, strict=True):
+        shown = [
+            "-" if value is None else f"{value:.1f}" + (" (noisy)" if (cpu, dim) in noisy else "")
+            for dim, value in zip(dims, line, strict=True)
+        ]
+        body.append([str(cpu), *shown])
+    return headers, body
+
+
+def fill_card(
+    card,
+    *,
+    tag: str,
+    results,
+    failed: Sequence[dict] = (),
+    running: Sequence[str] = (),
+    planned: int | None = None,
+) -> None:
+    """Append the sweep's components to a blank card (``current.card[CARD_ID]``)."""
+    from metaflow.cards import Image, Markdown, Table, VegaChart
+
+    rows = results.to_dict("records")
+    card.append(Markdown(f"# {progress_line(tag, len(rows), len(failed), planned)}"))
+    if running:
+        card.append(Markdown(f"{len(running)} variant run(s) not finished yet: next time."))
+    if not rows:
+        card.append(Markdown("No successful variant yet."))
+    else:
+        headers, body = _table_rows(rows)
+        card.append(Markdown("## GFLOP/s (median) by cpu and tensor_dim"))
+        card.append(Table(body, headers=headers))
+        card.append(VegaChart(vega_spec(rows)))
+        for metric in ("speedup", "efficiency"):
+            card.append(Image.from_matplotlib(scaling_figure(rows, metric)))
+    noisy = [r for r in rows if r["noisy"]]
+    card.append(Markdown(f"## Noisy variants ({len(noisy)}): samples spread more than 5 %"))
+    if noisy:
+        card.append(
+            Table(
+                [
+                    [r["cpu"], r["tensor_dim"], f"{100 * r['iqr_ratio']:.1f} %", r["run"]]
+                    for r in noisy
+                ],
+                headers=["cpu", "tensor_dim", "IQR / median", "run"],
+            )
+        )
+    card.append(Markdown(f"## Failed variants ({len(failed)})"))
+    if failed:
+        card.append(
+            Table(
+                [[r["cpu"], r["tensor_dim"], r["run"]] for r in failed],
+                headers=["cpu", "tensor_dim", "run"],
+            )
+        )
+
+
+def card_html(run) -> str:
+    """The analytics card of ``run`` as one self-contained HTML page (scripts and data inline)."""
+    from metaflow.cards import get_cards
+    from metaflow.plugins.cards.exception import CardNotPresentException
+
+    task = run["start"].task
+    try:
+        return get_cards(task, id=CARD_ID)[0].get()
+    except CardNotPresentException:
+        return _local_card_html(task)
+
+
+def _local_card_html(task) -> str:
+    """Find a local card where `card create` wrote it.
+
+    With the local datastore, Metaflow 2.19 writes cards under ``./.metaflow/mf.cards`` of the
+    working directory (or under the datastore root itself when METAFLOW_CARD_LOCALROOT is
+    set) but ``get_cards`` looks under ``<ds-root>/mf.cards``: the two differ whenever
+    METAFLOW_DATASTORE_SYSROOT_LOCAL points elsewhere than the working directory.
+    """
+    from metaflow.plugins.cards.card_datastore import CardDatastore
+
+    ds_root = task.metadata_dict.get("ds-root", "")
+    roots = [CardDatastore.get_storage_root("local"), ds_root, str(Path(ds_root) / "mf.cards")]
+    flow, run_id, step, task_id = task.pathspec.split("/")
+    for root in filter(None, roots):
+        folder = Path(root, flow, "runs", run_id, "steps", step, "tasks", task_id, "cards")
+        found = sorted(folder.glob(f"*-{CARD_ID}-*.html"))
+        if found:
+            return found[-1].read_text(encoding="utf-8")
+    raise FileNotFoundError(f"no card {CARD_ID!r} for {task.pathspec} under {roots}")
+
+
+def write_report(run, folder: str | Path) -> list[Path]:
+    """Write speedup.png, efficiency.png and report.html for a SweepAnalyticsFlow run.
+
+    ``run`` is a ``metaflow.Run`` or its pathspec. The HTML is the card itself, which carries
+    its JavaScript (Vega included) and its images inline, so it opens offline.
+    """
+    from metaflow import Run, namespace
+
+    if isinstance(run, str):
+        namespace(None)
+        run = Run(run)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = run.data.results.to_dict("records")
+    written = []
+    for metric in ("speedup", "efficiency"):
+        path = folder / f"{metric}.png"
+        scaling_figure(rows, metric).savefig(path, dpi=100)
+        written.append(path)
+    path = folder / "report.html"
+    path.write_text(card_html(run), encoding="utf-8")
+    written.append(path)
+    return written

@@ -1,0 +1,150 @@
+"""The sweep aggregation as pure functions: rows, derived metrics, table, incremental merge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from torchperf import analytics
+from torchperf.plan import event_name
+from torchperf.settings import ConfigError
+
+
+def make_row(cpu: int, tensor_dim: int, gflops: float, *, run: str | None = None, **extra):
+    """A row as row_from_run builds it from a run's config and result."""
+    config = {"cpu": cpu, "tensor_dim": tensor_dim}
+    result = {"gflops": gflops, "iqr_ratio": extra.pop("iqr_ratio", 0.01)}
+    result["noisy"] = extra.pop("noisy", result["iqr_ratio"] > 0.05)
+    pathspec = run or f"TorchPerfFlow/{cpu}{tensor_dim}"
+    return analytics.row_from_run(pathspec, config, result, extra.pop("created_at", "2025-01-01"))
+
+
+SWEEP = [
+    make_row(1, 256, 100.0),
+    make_row(2, 256, 180.0),
+    make_row(4, 256, 300.0),
+    make_row(1, 512, 110.0),
+    make_row(2, 512, 210.0, iqr_ratio=0.2),
+]
+
+
+def by_variant(rows):
+    return {(row["cpu"], row["tensor_dim"]): row for row in rows}
+
+
+def test_speedup_is_against_the_same_tensor_dim_at_the_smallest_cpu():
+    derived = by_variant(analytics.derive(SWEEP))
+    for (_, dim), row in derived.items():
+        base = derived[(1, dim)]["gflops"]
+        assert row["speedup"] == pytest.approx(row["gflops"] / base)
+    assert derived[(1, 256)]["speedup"] == 1.0
+
+
+def test_efficiency_divides_speedup_by_the_cpu_ratio():
+    derived = by_variant(analytics.derive(SWEEP))
+    for (cpu, _), row in derived.items():
+        assert row["efficiency"] == pytest.approx(row["speedup"] / cpu)
+
+
+def test_smallest_cpu_need_not_be_one():
+    rows = [make_row(2, 64, 50.0), make_row(4, 64, 80.0), make_row(8, 64, 120.0)]
+    derived = by_variant(analytics.derive(rows))
+    assert derived[(8, 64)]["speedup"] == pytest.approx(120.0 / 50.0)
+    assert derived[(8, 64)]["efficiency"] == pytest.approx(120.0 / 50.0 / (8 / 2))
+
+
+def test_missing_baseline_gives_nan_not_an_error():
+    rows = [make_row(1, 64, 10.0), make_row(2, 128, 30.0)]
+    derived = by_variant(analytics.derive(rows))
+    assert math.isnan(derived[(2, 128)]["speedup"])
+    assert math.isnan(derived[(2, 128)]["efficiency"])
+
+
+def test_noisy_flag_and_iqr_ratio_are_carried():
+    derived = by_variant(analytics.derive(SWEEP))
+    assert derived[(2, 512)]["noisy"] and derived[(2, 512)]["iqr_ratio"] == 0.2
+    assert not derived[(1, 256)]["noisy"]
+
+
+def test_table_is_cpu_by_tensor_dim_with_gaps_as_none():
+    cpus, dims, cells = analytics.gflops_table(SWEEP)
+    assert cpus == [1, 2, 4] and dims == [256, 512]
+    assert [len(line) for line in cells] == [len(dims)] * len(cpus)
+    assert cells[cpus.index(2)][dims.index(512)] == 210.0
+    assert cells[cpus.index(4)][dims.index(512)] is None
+
+
+def test_repeated_trigger_does_not_double_count():
+    # GIVEN an aggregate that already holds every run
+    seen = analytics.merge_rows({}, SWEEP)
+    # WHEN the same runs are delivered again, plus one new run
+    new = make_row(4, 512, 320.0)
+    merged = analytics.merge_rows(seen, [*SWEEP, new])
+    # THEN each run counts once
+    assert len(merged) == len(SWEEP) + 1
+    assert len(analytics.derive(merged.values())) == len(SWEEP) + 1
+
+
+def test_a_variant_run_again_counts_once_with_its_newest_run():
+    old = make_row(2, 256, 150.0, run="TorchPerfFlow/1", created_at="2025-01-01T10:00")
+    rerun = make_row(2, 256, 190.0, run="TorchPerfFlow/2", created_at="2025-01-01T11:00")
+    merged = analytics.merge_rows({}, [rerun, old])
+    assert len(merged) == 2
+    (kept,) = analytics.latest_per_variant(merged.values())
+    assert kept["run"] == "TorchPerfFlow/2"
+
+
+def test_results_frame_has_the_documented_columns():
+    frame = analytics.to_frame(analytics.derive(SWEEP))
+    required = {"cpu", "tensor_dim", "gflops", "iqr_ratio", "speedup", "efficiency", "noisy", "run"}
+    assert required <= set(frame.columns)
+    assert len(frame) == len(SWEEP)
+    assert analytics.to_frame([]).columns.tolist() == list(analytics.COLUMNS)
+
+
+def test_progress_line_names_planned_and_failed():
+    assert analytics.progress_line("s", 3, 1, 6) == "Sweep `s`: 3 of 6 variants done (1 failed)"
+    assert "of" not in analytics.progress_line("s", 3, 0, None)
+
+
+def test_config_derives_the_event_from_the_tag():
+    config = analytics.analytics_config({"tag": "sweep_x", "planned": 4})
+    assert config["event"] == event_name("sweep_x")
+    assert config["planned"] == 4
+    assert analytics.analytics_config({"tag": "t", "event": "custom"})["event"] == "custom"
+
+
+def test_missing_tag_is_one_line_error():
+    with pytest.raises(ConfigError, match="config.tag is required") as error:
+        analytics.require_tag(analytics.analytics_config(None))
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(ConfigError, match="unknown setting 'tags'"):
+        analytics.analytics_config({"tags": "x"})
+
+
+class FakeTask:
+    def __init__(self, attempt_ok=None):
+        self.metadata_dict = {} if attempt_ok is None else {"attempt_ok": attempt_ok}
+
+
+class FakeRun:
+    """Enough of metaflow.Run for run_status: steps are lists of tasks."""
+
+    def __init__(self, successful=False, attempts=()):
+        self.successful = successful
+        self._steps = [[FakeTask(ok) for ok in attempts]]
+
+    def __iter__(self):
+        return iter(self._steps)
+
+
+def test_run_status_tells_running_from_failed():
+    assert analytics.run_status(FakeRun(successful=True)) == analytics.SUCCESSFUL
+    assert analytics.run_status(FakeRun(attempts=["False"])) == analytics.FAILED
+    # Still running: no task has finished, or the finished ones succeeded.
+    assert analytics.run_status(FakeRun(attempts=[None])) == analytics.RUNNING
+    assert analytics.run_status(FakeRun(attempts=["True", None])) == analytics.RUNNING
