@@ -1,0 +1,115 @@
+"""SweepAnalyticsFlow over real tiny TorchPerfFlow runs: results, card, no double count."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.flow
+
+
+def run_analytics(tag: str, planned: int | None = None):
+    """One SweepAnalyticsFlow run as the sweep's local backend starts it."""
+    from metaflow import Runner
+
+    from torchperf.plan import analytics_branch
+
+    config = {"tag": tag, "planned": planned, "wait_seconds": 5}
+    with Runner(
+        str(ROOT / "sweep_analytics.py"),
+        branch=analytics_branch(tag),
+        config_value=[("config", config)],
+    ).run(tags=[tag]) as running:
+        assert running.status == "successful", running.stderr
+        return running.run
+
+
+@pytest.fixture(scope="module")
+def analytics_runs(tiny_sweep):
+    """Two analytics runs in a row over the same sweep, as after a repeated trigger."""
+    planned = len(tiny_sweep["runs"]) + 1
+    first = run_analytics(tiny_sweep["tag"], planned)
+    second = run_analytics(tiny_sweep["tag"], planned)
+    return first, second
+
+
+def test_results_hold_one_row_per_successful_variant(tiny_sweep, analytics_runs):
+    results = analytics_runs[0].data.results
+    runs = tiny_sweep["runs"]
+    assert sorted(zip(results.cpu, results.tensor_dim, strict=True)) == sorted(runs)
+    assert set(results.run) == {run.pathspec for run in runs.values()}
+
+
+def test_results_carry_each_runs_figures(tiny_sweep, analytics_runs):
+    for row in analytics_runs[0].data.results.to_dict("records"):
+        result = tiny_sweep["runs"][(row["cpu"], row["tensor_dim"])].data.result
+        assert row["gflops"] == pytest.approx(result["gflops"])
+        assert row["iqr_ratio"] == pytest.approx(result["iqr_ratio"])
+        assert row["noisy"] == result["noisy"]
+
+
+def test_speedup_and_efficiency_follow_from_gflops(analytics_runs):
+    results = analytics_runs[0].data.results
+    smallest = results.cpu.min()
+    base = results[results.cpu == smallest].set_index("tensor_dim").gflops
+    for row in results.to_dict("records"):
+        speedup = row["gflops"] / base[row["tensor_dim"]]
+        assert row["speedup"] == pytest.approx(speedup)
+        assert row["efficiency"] == pytest.approx(speedup / (row["cpu"] / smallest))
+
+
+def test_a_repeated_trigger_reads_nothing_and_counts_nothing_twice(tiny_sweep, analytics_runs):
+    first, second = analytics_runs
+    assert second.data.stats["listed"] == len(tiny_sweep["runs"])
+    assert second.data.stats["loaded"] == 0
+    assert len(second.data.rows) == len(tiny_sweep["runs"])
+    assert second.data.results.run.tolist() == first.data.results.run.tolist()
+
+
+def test_nothing_failed_or_left_running(analytics_runs):
+    assert analytics_runs[1].data.failed == []
+    assert analytics_runs[1].data.running == []
+
+
+def card_data(html: str) -> str:
+    """The card's components as JSON text: Metaflow embeds them base64-encoded in the page."""
+    (encoded,) = re.findall(r'window.__MF_DATA__\["[^"]+"\] = "([^"]+)"', html)
+    return base64.b64decode(encoded).decode("utf-8")
+
+
+def test_card_shows_progress_table_and_charts(tiny_sweep, analytics_runs):
+    from torchperf.report import card_html
+
+    data = card_data(card_html(analytics_runs[1]))
+    done = len(tiny_sweep["runs"])
+    assert f"{done} of {done + 1} variants done (0 failed)" in data
+    components = json.loads(data)["components"]
+    types = [c["type"] for c in walk(components)]
+    assert types.count("table") >= 1
+    assert types.count("vegaChart") == 1
+    assert types.count("image") == 2  # speed-up and efficiency
+    (chart,) = [c for c in walk(components) if c["type"] == "vegaChart"]
+    assert chart["spec"]["encoding"]["x"]["title"] == "cpu (cores)"
+    assert len(chart["spec"]["data"]["values"]) == done
+
+
+def walk(components):
+    """Every component of a card, nested ones included."""
+    for component in components:
+        yield component
+        yield from walk(component.get("contents") or [])
+
+
+def test_write_report_writes_pngs_and_one_html(analytics_runs, tmp_path):
+    from torchperf.report import REPORT_FILES, write_report
+
+    written = write_report(analytics_runs[1].pathspec, tmp_path)
+    assert sorted(path.name for path in written) == sorted(REPORT_FILES)
+    for path in written:
+        assert path.stat().st_size > 1000, path
+    assert (tmp_path / "speedup.png").read_bytes().startswith(b"\x89PNG")
