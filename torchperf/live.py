@@ -27,8 +27,7 @@ class BenchmarkCard:
         )
         card.append(self._status)
         card.append(self._bar)
-        # Nothing is timed yet: this first render overlaps torch's import instead of waiting.
-        self._card.refresh(force=True)
+        # No render yet: each costs a process on the cores; the first comes with the first figure.
 
     def update(self, progress: Progress) -> None:
         """Show the phase, the share of the budget measured and the running median.
