@@ -7,8 +7,8 @@ Workflow from that Sensor's trigger. What it does not do is run pods: no step ev
 
     with KubeAPI(run_seconds=0.5) as api:
         api.write_kubeconfig(tmp_path / "kubeconfig")
-        api.fail.add("c2n64")      # workflows whose template name contains this end Failed
-        api.hang.add("c4n64")      # ... these stay Running until terminated
+        api.fail.add("_c2_n64")    # workflows whose branch (or template name) has this end Failed
+        api.hang.add("_c4_n64")    # ... these stay Running until terminated
 """
 
 from __future__ import annotations
@@ -58,14 +58,31 @@ def _lookup(document, dotted: str):
     return document
 
 
+EXPR = re.compile(r"^\s*(\w+)\s*==\s*'([^']*)'\s*$")
+
+
+def _matches(dependency: dict, context: dict) -> bool:
+    """The two filter shapes Metaflow's Sensors use: data filters and ``name == 'x'`` exprs."""
+    filters = dependency.get("filters") or {}
+    for data in filters.get("data") or []:
+        if _lookup(context, data["path"]) not in data.get("value", []):
+            return False
+    for expr in filters.get("exprs") or []:
+        fields = {f["name"]: _lookup(context, f["path"]) for f in expr.get("fields", [])}
+        match = EXPR.match(expr["expr"])
+        if not match or fields.get(match[1]) != match[2]:
+            return False
+    return True
+
+
 class KubeAPI:
     """The server and its state; thread-safe, so the Deployer's parallel calls may hit it."""
 
     def __init__(self, pending_seconds: float = 0.1, run_seconds: float = 0.5):
         self.pending_seconds = pending_seconds
         self.run_seconds = run_seconds
-        self.fail: set[str] = set()  # template-name fragments whose workflows end Failed
-        self.hang: set[str] = set()  # template-name fragments whose workflows never finish
+        self.fail: set[str] = set()  # branch or template-name fragments: those workflows fail
+        self.hang: set[str] = set()  # ... those workflows never finish on their own
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
         self.events: list[dict] = []  # bodies POSTed to /webhook
@@ -113,7 +130,9 @@ class KubeAPI:
 
     def workflows(self) -> list[dict]:
         with self.lock:
-            return [self._advance(obj) for (_, p, _), obj in self.objects.items() if p == "workflows"]
+            return [
+                self._advance(obj) for (_, p, _), obj in self.objects.items() if p == "workflows"
+            ]
 
     def running(self) -> list[str]:
         return [
@@ -128,7 +147,12 @@ class KubeAPI:
         status = workflow["status"]
         if status["phase"] in FINISHED:
             return workflow
-        template = workflow["spec"].get("workflowTemplateRef", {}).get("name", "")
+        # Match on the template name and the branch: long names are hashed, branches are not.
+        template = (
+            workflow["spec"].get("workflowTemplateRef", {}).get("name", "")
+            + " "
+            + (workflow["metadata"].get("annotations", {}).get("metaflow/branch_name", ""))
+        )
         age = time.monotonic() - self.started[workflow["metadata"]["name"]]
         if workflow["spec"].get("shutdown"):
             status.update(phase="Failed", message="Stopped with strategy 'Terminate'")
@@ -179,17 +203,14 @@ class KubeAPI:
         for (ns, plural, _), sensor in list(self.objects.items()):
             if plural != "sensors":
                 continue
-            deps = sensor["spec"].get("dependencies", [])
             matched = any(
-                all(
-                    _lookup({"body": event}, f["path"]) in f.get("value", [])
-                    for f in dep.get("filters", {}).get("data", [])
-                )
-                for dep in deps
+                _matches(dep, {"body": event}) for dep in sensor["spec"].get("dependencies", [])
             )
             for trigger in sensor["spec"].get("triggers", []) if matched else []:
-                resource = trigger["template"]["argoWorkflow"]["source"]["resource"]
-                self._create(ns, "workflows", json.loads(json.dumps(resource)))
+                template = trigger["template"]
+                action = template.get("k8s") or template.get("argoWorkflow") or {}
+                resource = json.loads(json.dumps(action["source"]["resource"]))
+                self._create(ns, "workflows", resource)
 
     @staticmethod
     def _status(code: int, message: str) -> dict:

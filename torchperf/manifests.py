@@ -1,0 +1,165 @@
+"""Argo manifests as plain data: strip, validate (hera), check our invariants, redact.
+
+Pure functions over the dicts Metaflow compiles, so that the dry run, the preflight and the tests
+share one definition of a good manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from torchperf.settings import ConfigError, VariantSettings
+
+REDACTED = "<redacted>"
+# Env vars whose values may carry credentials (service headers carry API keys).
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|HEADERS|AUTH|KEY", re.IGNORECASE)
+# Annotations that carry a credential: the production token authorizes redeploys.
+SECRET_ANNOTATIONS = ("metaflow/production_token",)
+
+
+def strip_nulls(document):
+    """Remove null-valued fields recursively: Metaflow emits them, hera's models predate some."""
+    if isinstance(document, dict):
+        return {k: strip_nulls(v) for k, v in document.items() if v is not None}
+    if isinstance(document, list):
+        return [strip_nulls(v) for v in document]
+    return document
+
+
+def _first_error(error) -> str:
+    detail = error.errors()[0]
+    where = ".".join(str(part) for part in detail["loc"])
+    return f"{where}: {detail['msg']}"
+
+
+def validate_workflow_template(template: Mapping) -> None:
+    """Strict check against hera's WorkflowTemplate model (no unknown field anywhere)."""
+    from hera.workflows.models import WorkflowTemplate
+    from pydantic import ValidationError
+
+    try:
+        WorkflowTemplate.model_validate(strip_nulls(dict(template)), extra="forbid")
+    except ValidationError as error:
+        name = template.get("metadata", {}).get("name")
+        raise ConfigError(f"WorkflowTemplate {name}: {_first_error(error)}") from None
+
+
+def validate_sensor(sensor: Mapping) -> None:
+    """Strict check against hera's Sensor model.
+
+    hera's events models omit three things Argo Events accepts: ``apiVersion``/``kind`` at the
+    top, the sensor container's ``name``, and a typed trigger resource (hera keeps it as opaque
+    bytes). Those are checked here by hand, and each trigger's Workflow against hera's Workflow.
+    """
+    from hera.events.models import Sensor
+    from hera.workflows.models import Workflow
+    from pydantic import ValidationError
+
+    document = strip_nulls(copy.deepcopy(dict(sensor)))
+    name = document.get("metadata", {}).get("name")
+    if (document.pop("apiVersion", None), document.pop("kind", None)) != (
+        "argoproj.io/v1alpha1",
+        "Sensor",
+    ):
+        raise ConfigError(f"Sensor {name}: apiVersion/kind must be argoproj.io/v1alpha1/Sensor")
+    document.get("spec", {}).get("template", {}).get("container", {}).pop("name", None)
+    try:
+        for trigger in document.get("spec", {}).get("triggers", []):
+            for action in ("k8s", "argoWorkflow"):
+                source = trigger.get("template", {}).get(action, {}).get("source", {})
+                if "resource" in source:
+                    Workflow.model_validate(source.pop("resource"), extra="forbid")
+        Sensor.model_validate(document, extra="forbid")
+    except ValidationError as error:
+        raise ConfigError(f"Sensor {name}: {_first_error(error)}") from None
+
+
+def _annotations(manifest: Mapping) -> Mapping:
+    return manifest.get("metadata", {}).get("annotations", {})
+
+
+def _step(template: Mapping, step: str) -> Mapping:
+    for entry in template.get("spec", {}).get("templates", []):
+        if entry.get("name") == step:
+            return entry.get("container", {})
+    return {}
+
+
+def _cpus(quantity) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def variant_problems(
+    template: Mapping,
+    settings: VariantSettings,
+    branch: str,
+    tag: str,
+    *,
+    guaranteed_qos: bool,
+) -> list[str]:
+    """What is wrong with one variant's compiled template, as one line each (empty when good)."""
+    problems = []
+    annotations = _annotations(template)
+    resources = _step(template, "start").get("resources", {})
+    requests, limits = resources.get("requests", {}), resources.get("limits", {}) or {}
+    if "cpu" not in requests or _cpus(requests["cpu"]) != settings.cpu:
+        problems.append(f"start's cpu request is {requests.get('cpu')}, not cpu={settings.cpu}")
+    if guaranteed_qos and ("cpu" not in limits or _cpus(limits["cpu"]) != settings.cpu):
+        problems.append(f"start's cpu limit is {limits.get('cpu')}, not cpu={settings.cpu}")
+    if annotations.get("metaflow/branch_name") != f"test.{branch}":
+        problems.append(f"branch is {annotations.get('metaflow/branch_name')}, not test.{branch}")
+    if tag not in json.loads(annotations.get("metaflow/tags", "[]")):
+        problems.append(f"tags {annotations.get('metaflow/tags')} lack {tag}")
+    title = annotations.get("workflows.argoproj.io/title", "")
+    if f"cpu={settings.cpu}" not in title or f"tensor_dim={settings.tensor_dim}" not in title:
+        problems.append(f"title {title!r} does not name cpu and tensor_dim")
+    return problems
+
+
+def sensor_problems(sensor: Mapping | None, event: str, branch: str) -> list[str]:
+    """What is wrong with the analytics flow's Sensor: it must listen to the sweep's event only."""
+    if not sensor:
+        return ["the analytics flow compiled no Sensor (is @trigger missing?)"]
+    problems = []
+    if _annotations(sensor).get("metaflow/branch_name") != f"test.{branch}":
+        problems.append(f"sensor branch is not test.{branch}")
+    for dependency in sensor.get("spec", {}).get("dependencies", []):
+        exprs = (dependency.get("filters") or {}).get("exprs") or []
+        wanted = f"name == '{event}'"
+        if not any(
+            e.get("expr") == wanted
+            and any(f.get("path") == "body.payload.name" for f in e.get("fields", []))
+            for e in exprs
+        ):
+            problems.append(f"sensor dependency {dependency.get('name')} does not filter {wanted}")
+    if not sensor.get("spec", {}).get("dependencies"):
+        problems.append("sensor has no dependency")
+    return problems
+
+
+def redact(document):
+    """A copy with credential-bearing env values and annotations replaced by a marker."""
+    if isinstance(document, list):
+        return [redact(v) for v in document]
+    if not isinstance(document, dict):
+        return document
+    out = {}
+    for key, value in document.items():
+        secret_env = key == "value" and SECRET_NAME.search(str(document.get("name", "")))
+        if key in SECRET_ANNOTATIONS or secret_env:
+            out[key] = REDACTED
+        else:
+            out[key] = redact(value)
+    return out
+
+
+def write_manifest(path: Path, manifest: Mapping) -> Path:
+    """Write a redacted, readable copy of one manifest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(redact(strip_nulls(dict(manifest))), indent=2, sort_keys=True))
+    return path
