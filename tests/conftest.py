@@ -58,3 +58,22 @@ def tiny_sweep():
             assert running.status == "successful", running.stderr
             runs[(cpu, tensor_dim)] = running.run
     return {"tag": tag, "runs": runs}
+
+
+@pytest.fixture
+def compose_config():
+    """Compose the project's config as Hydra would, with overrides; GlobalHydra cleared after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from torchperf.hydra_app import register_resolvers
+
+    register_resolvers()
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT), version_base=None):
+            return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torchperf.plan import branch_name
+
 
 @dataclass(frozen=True)
 class Done:
@@ -13,8 +15,8 @@ class Done:
     gflops: float
 
 
-def succeeded_variants(tag: str) -> dict[tuple[int, int], Done]:
-    """Successful TorchPerfFlow runs tagged ``tag``, by (cpu, tensor_dim); newest wins."""
+def succeeded_variants(tag: str) -> dict[str, Done]:
+    """Successful TorchPerfFlow runs tagged ``tag``, by variant branch; the newest wins."""
     from metaflow import Flow, namespace
     from metaflow.exception import MetaflowNotFound
 
@@ -24,11 +26,10 @@ def succeeded_variants(tag: str) -> dict[tuple[int, int], Done]:
         runs = list(Flow("TorchPerfFlow").runs(tag))
     except MetaflowNotFound:
         return {}
-    done: dict[tuple[int, int], Done] = {}
+    done: dict[str, Done] = {}
     for run in sorted(runs, key=lambda r: r.created_at):
         if run.successful:
             config, result = run.data.config, run.data.result
-            done[(int(config["cpu"]), int(config["tensor_dim"]))] = Done(
-                run.pathspec, float(result["gflops"])
-            )
+            branch = branch_name(tag, config["cpu"], config["tensor_dim"], config["device"])
+            done[branch] = Done(run.pathspec, float(result["gflops"]))
     return done

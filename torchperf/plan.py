@@ -31,14 +31,14 @@ def check_tag(tag: str) -> str:
     return tag
 
 
-def variant_id(cpu: int, tensor_dim: int) -> str:
+def variant_id(cpu: int, tensor_dim: int, device: str = "cpu") -> str:
     """Short, readable and unambiguous even once Argo drops the underscores: c2_n1024 -> c2n1024."""
-    return f"c{cpu}_n{tensor_dim}"
+    return f"c{cpu}_n{tensor_dim}" + ("" if device == "cpu" else f"_{device}")
 
 
-def branch_name(tag: str, cpu: int, tensor_dim: int) -> str:
+def branch_name(tag: str, cpu: int, tensor_dim: int, device: str = "cpu") -> str:
     """The @project branch of one variant: its own namespace in Metaflow and in Argo."""
-    branch = f"{tag}_{variant_id(cpu, tensor_dim)}"
+    branch = f"{tag}_{variant_id(cpu, tensor_dim, device)}"
     assert BRANCH_PATTERN.match(branch), branch
     return branch
 

@@ -48,11 +48,8 @@ def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
         {key: values[key] for key in SWEPT_KEYS if key in values}
         | {"tag": tag, "event": event_name(tag)}
     )
-    return Variant(settings.cpu, settings.tensor_dim, branch_name(tag, *_key(settings))), settings
-
-
-def _key(settings: VariantSettings) -> tuple[int, int]:
-    return settings.cpu, settings.tensor_dim
+    branch = branch_name(tag, settings.cpu, settings.tensor_dim, settings.device)
+    return Variant(settings.cpu, settings.tensor_dim, branch), settings
 
 
 def plan_variants(
@@ -65,9 +62,7 @@ def plan_variants(
             raise ConfigError("backend cannot be swept: run one sweep per backend")
         variant, settings = variant_of({**base, **job}, tag)
         if variant.branch in seen:
-            raise ConfigError(
-                f"cpu={variant.cpu} tensor_dim={variant.tensor_dim} appears twice in the grid"
-            )
+            raise ConfigError(f"{variant.branch} appears twice in the grid: vary cpu or tensor_dim")
         seen.add(variant.branch)
         planned.append((variant, settings))
     return planned
@@ -81,7 +76,7 @@ class Sweep:
         spec: SweepSpec,
         backend: Backend,
         backend_name: str,
-        done: dict[tuple[int, int], Done] | None = None,
+        done: dict[str, Done] | None = None,
         display: bool = True,
     ):
         self.spec = spec
@@ -95,11 +90,19 @@ class Sweep:
         self._closed = False
 
     @classmethod
-    def open(cls, config, jobs: list[dict] | None, sweep_dir: Path) -> Sweep:
+    def open(
+        cls,
+        config,
+        jobs: list[dict] | None,
+        sweep_dir: Path,
+        backend: Backend | None = None,
+        display: bool = True,
+    ) -> Sweep:
         """Check everything and prepare the backend; ConfigError before anything runs.
 
         ``jobs`` is the list of each job's overrides when known up front (the basic sweeper),
-        None when a sweeper chooses values as it goes (Optuna, Ax, Nevergrad).
+        None when a sweeper chooses values as it goes (Optuna, Ax, Nevergrad). ``backend``
+        replaces the one the config names (tests).
         """
         global _current
         tag = check_tag(str(config.tag)) if config.tag else new_sweep_tag()
@@ -115,11 +118,12 @@ class Sweep:
             variant_timeout_seconds=float(config.variant_timeout_seconds),
         )
         options = dict(config.backend)
-        backend = make_backend(options.get("name", "local"), options)
+        name = options.get("name", "local")
+        backend = backend or make_backend(name, options)
         backend.preflight(spec)
         # A given tag resumes that sweep: what already succeeded is not run again.
         done = succeeded_variants(tag) if config.tag else {}
-        _current = cls(spec, backend, options.get("name", "local"), done)
+        _current = cls(spec, backend, name, done, display)
         return _current
 
     def run_job(self, values: Mapping) -> float:
@@ -141,7 +145,7 @@ class Sweep:
         return outcome.gflops if outcome.status in ("succeeded", "skipped") else math.nan
 
     def _run(self, variant: Variant, settings: VariantSettings) -> Outcome:
-        earlier = self.done.get((variant.cpu, variant.tensor_dim))
+        earlier = self.done.get(variant.branch)
         if earlier:
             return Outcome("skipped", earlier.run, earlier.gflops, message="succeeded before")
         if self.spec.dry_run:

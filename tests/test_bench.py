@@ -1,0 +1,78 @@
+"""The benchmark core: arithmetic, statistics, warm-up, core choice, and one tiny real measurement."""
+
+import statistics
+
+import pytest
+
+from torchperf import bench
+
+
+def test_gflops_counts_two_flops_per_multiply_add():
+    # GIVEN 10 squarings of a 100 x 100 matrix in 0.5 s
+    # THEN each squaring is 2 * 100^3 flops
+    assert bench.gflops(100, 10, 0.5) == pytest.approx(2 * 100**3 * 10 / 0.5 / 1e9)
+
+
+def test_summarize_reports_median_and_iqr_ratio():
+    samples = [100.0, 101.0, 99.0, 100.5, 99.5]
+    stats = bench.summarize(samples)
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    assert stats["gflops"] == statistics.median(samples)
+    assert stats["iqr_ratio"] == pytest.approx((q3 - q1) / statistics.median(samples))
+    assert stats["noisy"] is False
+
+
+def test_summarize_flags_spread_above_five_percent_as_noisy():
+    assert bench.summarize([80.0, 100.0, 120.0, 90.0, 110.0])["noisy"] is True
+
+
+def test_summarize_of_one_sample_has_no_spread():
+    stats = bench.summarize([42.0])
+    assert stats["gflops"] == 42.0 and stats["iqr_ratio"] == 0.0
+
+
+def test_summarize_refuses_no_samples():
+    with pytest.raises(ValueError):
+        bench.summarize([])
+
+
+def test_warmup_settles_only_when_the_last_rates_agree():
+    assert not bench.settled([10.0, 50.0])
+    assert not bench.settled([10.0, 50.0, 90.0, 100.0])
+    assert bench.settled([10.0, 50.0, 99.5, 100.0, 100.4])
+
+
+def test_samples_last_about_a_tenth_of_a_second():
+    assert bench.calls_per_sample(0.01) == round(bench.SAMPLE_SECONDS / 0.01)
+    assert bench.calls_per_sample(5.0) == 1
+
+
+def test_choose_cores_takes_distinct_lowest_cores():
+    assert bench.choose_cores(2, [3, 1, 2, 1]) == [1, 2]
+
+
+def test_choose_cores_rejects_cpu_above_allowed_cores():
+    with pytest.raises(ValueError, match="cpu=3"):
+        bench.choose_cores(3, [0, 1])
+
+
+def test_measure_reports_consistent_figures():
+    progress = []
+    result = bench.measure(32, 1, 0.05, on_progress=progress.append, progress_every=0.0)
+    samples = result["gflops_samples"]
+    assert result["gflops"] == statistics.median(samples) > 0
+    assert result["measure_seconds"] >= 0.05
+    assert result["squarings_per_second"] * bench.flops_per_squaring(32) == pytest.approx(
+        result["gflops"] * 1e9
+    )
+    assert result["threads"] == 1 and result["tensor_dim"] == 32 and result["device"] == "cpu"
+    assert isinstance(result["torch_version"], str) and type(result["torch_version"]) is str
+    # Progress is reported between samples, ending with the final figure.
+    assert progress[-1].phase == "done" and progress[-1].gflops == result["gflops"]
+    assert {p.phase for p in progress} >= {"measuring", "done"}
+
+
+def test_measure_calls_quiet_before_timing():
+    calls = []
+    bench.measure(16, 1, 0.01, quiet=lambda: calls.append("quiet"))
+    assert calls == ["quiet"]

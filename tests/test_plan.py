@@ -1,0 +1,97 @@
+"""Sweep identity and the grid, as pure functions."""
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from torchperf.hydra_app import cpu_grid
+from torchperf.plan import (
+    BRANCH_PATTERN,
+    analytics_branch,
+    branch_name,
+    check_overrides,
+    check_tag,
+    event_name,
+    expand_overrides,
+    new_sweep_tag,
+)
+from torchperf.settings import ConfigError
+
+
+def test_two_sweeps_started_in_the_same_second_get_different_tags():
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+    tags = {new_sweep_tag(now) for _ in range(50)}
+    assert len(tags) == 50
+    assert all(check_tag(tag) == tag for tag in tags)
+
+
+@pytest.mark.parametrize("tag", ["Sweep", "a-b", "", "x" * 41, "sweep 1"])
+def test_rejects_tags_unusable_in_branch_names(tag):
+    with pytest.raises(ConfigError, match="tag="):
+        check_tag(tag)
+
+
+def test_branches_are_valid_metaflow_branch_names():
+    tag = new_sweep_tag()
+    for branch in [branch_name(tag, 15, 1500), branch_name(tag, 1, 64, "cuda"), analytics_branch(tag)]:
+        assert BRANCH_PATTERN.match(branch), branch
+
+
+def test_branches_stay_unique_once_argo_drops_underscores():
+    # Argo template names lose underscores: c1_n1100 and c11_n100 must still differ.
+    tag = new_sweep_tag()
+    branches = [branch_name(tag, c, n) for c in range(1, 33) for n in (1, 10, 100, 110, 1000, 1100)]
+    squashed = {b.replace("_", "") for b in branches}
+    assert len(squashed) == len(branches)
+    assert analytics_branch(tag).replace("_", "") not in squashed
+
+
+def test_event_names_the_tag():
+    tag = new_sweep_tag()
+    assert tag in event_name(tag) and re.match(r"^[a-z0-9_]+$", event_name(tag))
+
+
+def test_grid_follows_hydra_order_and_command_line_wins():
+    jobs = expand_overrides({"cpu": "1,2", "tensor_dim": "512,1024"}, ["tensor_dim=64,128"])
+    assert jobs == [
+        {"cpu": 1, "tensor_dim": 64},
+        {"cpu": 1, "tensor_dim": 128},
+        {"cpu": 2, "tensor_dim": 64},
+        {"cpu": 2, "tensor_dim": 128},
+    ]
+
+
+def test_grid_understands_range_with_stop_excluded():
+    jobs = expand_overrides({"cpu": "range(1,16)", "tensor_dim": "1000,1250,1500"}, [])
+    assert len(jobs) == 45
+    assert {job["cpu"] for job in jobs} == set(range(1, 16))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["colour=red"], "unknown setting 'colour'"),
+        (["+colour=red"], "unknown setting 'colour'"),
+        (["backend=gcp"], "backend=gcp is unknown"),
+        (["backend=local,gcp"], "backend=gcp is unknown"),
+        (["cpu=["], "cannot read override"),
+    ],
+)
+def test_command_line_errors_are_one_line(arguments, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        check_overrides(arguments, ["cpu", "tensor_dim"], {"backend": ["local", "argo"]})
+    assert "\n" not in str(error.value)
+
+
+def test_hydra_settings_and_known_keys_pass():
+    check_overrides(
+        ["cpu=1,2", "hydra.sweep.dir=/tmp/x", "hydra/launcher=joblib", "backend=argo"],
+        ["cpu"],
+        {"backend": ["local", "argo"]},
+    )
+
+
+@pytest.mark.parametrize(("cores", "grid"), [(1, "1"), (2, "1,2"), (6, "1,2,4,6"), (8, "1,2,4,8")])
+def test_default_cpu_grid_fits_the_machine(cores, grid):
+    assert cpu_grid(cores) == grid

@@ -1,0 +1,65 @@
+"""Nothing of ours competes with a timed sample: card renders are waited for, work is serialized."""
+
+import subprocess
+import sys
+import time
+
+from torchperf.quiet import cores_lock, wait_for_card_renders
+
+SLEEP = "import time, sys; time.sleep(float(sys.argv[1]))"
+
+
+def test_waits_for_a_running_card_render():
+    # GIVEN a child whose command line looks like Metaflow's `flow.py card create`
+    child = subprocess.Popen([sys.executable, "-c", SLEEP, "0.4", "card", "create"])
+    started = time.monotonic()
+    assert wait_for_card_renders(timeout=5)
+    assert time.monotonic() - started >= 0.3
+    child.wait()
+
+
+def test_does_not_wait_for_other_children():
+    # GIVEN a long-lived child that is not a card render (a sidecar, say)
+    child = subprocess.Popen([sys.executable, "-c", SLEEP, "5"])
+    try:
+        started = time.monotonic()
+        assert wait_for_card_renders(timeout=5)
+        assert time.monotonic() - started < 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_gives_up_on_a_render_that_outlives_the_timeout():
+    child = subprocess.Popen([sys.executable, "-c", SLEEP, "3", "card", "create"])
+    try:
+        assert not wait_for_card_renders(timeout=0.2)
+    finally:
+        child.kill()
+        child.wait()
+
+
+HOLD = """
+import sys, time
+from torchperf.quiet import cores_lock
+with cores_lock(sys.argv[1]):
+    print(time.time(), flush=True)
+    time.sleep(0.5)
+"""
+
+
+def test_cores_lock_excludes_other_processes(tmp_path):
+    lock = str(tmp_path / "cores.lock")
+    with cores_lock(lock):
+        # WHEN another process asks for the lock while we hold it
+        other = subprocess.Popen([sys.executable, "-c", HOLD, lock], stdout=subprocess.PIPE)
+        time.sleep(0.5)
+        released = time.time()
+    got = float(other.communicate()[0])
+    # THEN it gets it only after we let go
+    assert got >= released
+
+
+def test_no_lock_path_means_no_lock():
+    with cores_lock(None):
+        pass
