@@ -142,7 +142,8 @@ class Sweep:
             self._end(variant, Outcome("cancelled", message="interrupted"))
             raise
         self._end(variant, outcome)
-        return outcome.gflops if outcome.status in ("succeeded", "skipped") else math.nan
+        good = outcome.status in ("succeeded", "skipped") and outcome.gflops is not None
+        return outcome.gflops if good else math.nan
 
     def _run(self, variant: Variant, settings: VariantSettings) -> Outcome:
         earlier = self.done.get(variant.branch)

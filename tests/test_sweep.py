@@ -1,0 +1,142 @@
+"""The sweep logic with a fake backend: nothing starts, everything is recorded."""
+
+import json
+import math
+
+import pytest
+
+from torchperf import sweep as sweep_module
+from torchperf.backends.base import Outcome
+from torchperf.backends.local import LocalBackend
+from torchperf.history import Done
+from torchperf.plan import branch_name
+from torchperf.settings import ConfigError, usable_cores
+from torchperf.sweep import Sweep
+from torchperf.summary import FILENAME
+
+
+class FakeBackend:
+    """Records every call; variants listed in ``fail`` fail, the others yield cpu * 10 GFLOP/s."""
+
+    def __init__(self, fail=(), preflight_error=None):
+        self.calls = []
+        self.fail = set(fail)
+        self.preflight_error = preflight_error
+
+    def preflight(self, spec):
+        self.calls.append(("preflight", len(spec.planned)))
+        if self.preflight_error:
+            raise ConfigError(self.preflight_error)
+
+    def run_variant(self, spec, variant, settings):
+        self.calls.append(("run", variant.cpu, variant.tensor_dim))
+        if (variant.cpu, variant.tensor_dim) in self.fail:
+            return Outcome("failed", f"TorchPerfFlow/{len(self.calls)}", message="boom")
+        return Outcome("succeeded", f"TorchPerfFlow/{len(self.calls)}", 10.0 * variant.cpu)
+
+    def cancel(self):
+        self.calls.append(("cancel",))
+
+    def finish(self, spec, interrupted):
+        self.calls.append(("finish", interrupted))
+        return None if interrupted else "SweepAnalyticsFlow/1"
+
+
+JOBS = [{"cpu": 1, "tensor_dim": 32}, {"cpu": 1, "tensor_dim": 64}, {"cpu": 2, "tensor_dim": 32}]
+
+
+@pytest.fixture
+def open_sweep(compose_config, tmp_path):
+    def _open(backend, *overrides, jobs=JOBS):
+        config = compose_config(*overrides)
+        return Sweep.open(config, jobs, tmp_path, backend=backend, display=False)
+
+    yield _open
+    sweep_module._current = None
+
+
+def summary(tmp_path):
+    return json.loads((tmp_path / FILENAME).read_text())
+
+
+def test_a_failing_variant_does_not_stop_the_others(open_sweep, tmp_path):
+    backend = FakeBackend(fail={(1, 64)})
+    sweep = open_sweep(backend)
+    returned = [sweep.run_job(job) for job in JOBS]
+    assert returned[0] == 10.0 and math.isnan(returned[1]) and returned[2] == 20.0
+    assert sweep.close() == 1
+    statuses = [v["status"] for v in summary(tmp_path)["variants"]]
+    assert statuses == ["succeeded", "failed", "succeeded"]
+    assert summary(tmp_path)["analytics_run"] == "SweepAnalyticsFlow/1"
+
+
+def test_summary_is_written_as_the_sweep_goes(open_sweep, tmp_path):
+    sweep = open_sweep(FakeBackend())
+    assert summary(tmp_path)["variants"] == []
+    sweep.run_job(JOBS[0])
+    (entry,) = summary(tmp_path)["variants"]
+    assert entry["branch"] == branch_name(sweep.spec.tag, 1, 32)
+    assert entry["run"] and entry["gflops"] == 10.0
+    assert set(entry) >= {"cpu", "tensor_dim", "branch", "status", "run", "gflops"}
+    assert sweep.close() == 0
+
+
+def test_preflight_failure_runs_nothing(open_sweep, tmp_path):
+    backend = FakeBackend(preflight_error="cpu=9 exceeds the 2 cores usable here")
+    with pytest.raises(ConfigError, match="cpu=9"):
+        open_sweep(backend)
+    assert backend.calls == [("preflight", 3)]
+
+
+def test_bad_value_anywhere_in_the_grid_is_refused_before_anything_runs(open_sweep):
+    backend = FakeBackend()
+    with pytest.raises(ConfigError, match="tensor_dim=0"):
+        open_sweep(backend, jobs=[*JOBS, {"cpu": 1, "tensor_dim": 0}])
+    assert backend.calls == []
+
+
+def test_duplicate_variants_are_refused(open_sweep):
+    with pytest.raises(ConfigError, match="twice"):
+        open_sweep(FakeBackend(), jobs=[JOBS[0], JOBS[0]])
+
+
+def test_interrupt_cancels_the_rest_and_keeps_what_succeeded(open_sweep, tmp_path):
+    backend = FakeBackend()
+    sweep = open_sweep(backend)
+    sweep.run_job(JOBS[0])
+    assert sweep.close(interrupted=True) == 130
+    assert ("cancel",) in backend.calls and ("finish", True) in backend.calls
+    statuses = [(v["cpu"], v["tensor_dim"], v["status"]) for v in summary(tmp_path)["variants"]]
+    assert statuses == [(1, 32, "succeeded"), (1, 64, "cancelled"), (2, 32, "cancelled")]
+
+
+def test_dry_run_runs_nothing(open_sweep, tmp_path):
+    backend = FakeBackend()
+    sweep = open_sweep(backend, "dry_run=true")
+    assert all(math.isnan(sweep.run_job(job)) for job in JOBS)
+    assert not [call for call in backend.calls if call[0] == "run"]
+    assert {v["status"] for v in summary(tmp_path)["variants"]} == {"skipped"}
+
+
+def test_resume_runs_only_what_did_not_succeed(open_sweep, tmp_path, monkeypatch):
+    tag = "sweep_20260101_000000_abcdef"
+    earlier = {branch_name(tag, 1, 32): Done("TorchPerfFlow/7", 99.0)}
+    monkeypatch.setattr(sweep_module, "succeeded_variants", lambda t: earlier if t == tag else {})
+    backend = FakeBackend()
+    sweep = open_sweep(backend, f"tag={tag}")
+    assert [sweep.run_job(job) for job in JOBS] == [99.0, 10.0, 20.0]
+    assert ("run", 1, 32) not in backend.calls
+    first = summary(tmp_path)["variants"][0]
+    assert (first["status"], first["run"], first["gflops"]) == ("skipped", "TorchPerfFlow/7", 99.0)
+    assert sweep.close() == 0
+
+
+def test_optimizer_sweepers_get_nan_for_invalid_values(open_sweep):
+    sweep = open_sweep(FakeBackend(), jobs=None)
+    assert math.isnan(sweep.run_job({"cpu": 0, "tensor_dim": 32}))
+
+
+def test_local_backend_refuses_cpu_above_usable_cores(open_sweep):
+    cores = len(usable_cores())
+    with pytest.raises(ConfigError, match=f"cpu={cores + 1} exceeds"):
+        open_sweep(LocalBackend(), jobs=[{"cpu": cores + 1, "tensor_dim": 32}])
