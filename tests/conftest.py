@@ -21,6 +21,10 @@ TINY = {"tensor_dim": 64, "measure_seconds": 0.2}
 def pytest_configure(config):
     datastore = tempfile.mkdtemp(prefix="torchperf-tests-")
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = datastore
+    # Cards ignore the sysroot and are written under the first .metaflow found upward from the
+    # working directory, so flows run from here keep cards and data in the same place.
+    os.makedirs(os.path.join(datastore, ".metaflow"), exist_ok=True)
+    os.chdir(datastore)
     os.environ["METAFLOW_DEFAULT_DATASTORE"] = "local"
     os.environ["METAFLOW_DEFAULT_METADATA"] = "local"
     os.environ.setdefault("METAFLOW_USER", "torchperf-tests")
@@ -77,3 +81,12 @@ def compose_config():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def card_text(html: str) -> str:
+    """The components of a Metaflow card page, decoded (the page embeds them as base64 JSON)."""
+    import base64
+    import re
+
+    blobs = re.findall(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html)
+    return "\n".join(base64.b64decode(blob).decode() for blob in blobs)

@@ -1,0 +1,111 @@
+"""TorchPerfFlow, run for real (tiny sizes) once per session: its artifacts and its card."""
+
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, card_text
+from torchperf.plan import branch_name
+from torchperf.settings import DEFAULT_VARIANT
+
+pytestmark = pytest.mark.flow
+RESULT_KEYS = {
+    "gflops",
+    "gflops_samples",
+    "iqr_ratio",
+    "noisy",
+    "squarings_per_second",
+    "threads",
+    "tensor_dim",
+    "device",
+    "torch_version",
+    "affinity",
+    "measure_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_sweep):
+    return tiny_sweep["runs"]
+
+
+def test_every_run_succeeded_with_a_full_result(runs):
+    for run in runs.values():
+        assert run.successful
+        assert RESULT_KEYS <= set(run.data.result)
+
+
+def test_gflops_is_the_median_of_the_samples(runs):
+    for run in runs.values():
+        result = run.data.result
+        assert result["gflops"] == statistics.median(result["gflops_samples"]) > 0
+
+
+def test_threads_and_pinned_cores_match_cpu(runs):
+    for (cpu, tensor_dim), run in runs.items():
+        result = run.data.result
+        assert result["threads"] == cpu and result["tensor_dim"] == tensor_dim
+        assert len(set(result["affinity"])) == cpu
+        assert set(result["affinity"]) <= os.sched_getaffinity(0)
+
+
+def test_measuring_lasts_at_least_the_budget(runs):
+    for run in runs.values():
+        assert run.data.result["measure_seconds"] >= run.data.config["measure_seconds"]
+
+
+def test_config_is_stored_completed_with_defaults(runs):
+    for (cpu, tensor_dim), run in runs.items():
+        config = dict(run.data.config)
+        assert set(config) == set(DEFAULT_VARIANT)
+        assert (config["cpu"], config["tensor_dim"]) == (cpu, tensor_dim)
+
+
+def test_runs_carry_the_sweep_tag_and_their_own_branch(tiny_sweep):
+    for (cpu, tensor_dim), run in tiny_sweep["runs"].items():
+        assert tiny_sweep["tag"] in run.tags
+        branch = branch_name(tiny_sweep["tag"], cpu, tensor_dim)
+        assert f"project_branch:test.{branch}" in run.system_tags
+        assert "project:torchperf" in run.system_tags
+
+
+def test_the_matrix_is_not_stored(runs):
+    for run in runs.values():
+        for step in run:
+            assert {artifact.id for artifact in step.task} <= {"name", "config", "result"}
+
+
+def test_the_card_shows_the_result(runs):
+    from metaflow.cards import get_cards
+
+    for run in runs.values():
+        (card,) = get_cards(run["start"].task, id="benchmark")
+        text = card_text(card.get())
+        assert "GFLOP/s" in text and f"{run.data.result['gflops']:.2f}" in text
+        assert "IQR / median" in text and "cores" in text
+
+
+def test_runs_with_no_arguments():
+    # The documented first step: the defaults measure n=1024 on one core.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "torchtest.py"), "--quiet", "run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "GFLOP/s at cpu=1, n=1024" in done.stdout + done.stderr
+
+
+def test_bad_config_fails_in_one_line_before_measuring():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "torchtest.py"), "--config-value", "config", '{"cpu": 0}', "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cpu=0 must be at least 1" in done.stderr
