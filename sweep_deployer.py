@@ -1,9 +1,9 @@
 """Sweep TorchPerfFlow over CPU count and matrix size, on this machine or on Argo Workflows.
 
-    python sweep_deployer.py -m                              # the default grid, locally
-    python sweep_deployer.py -m cpu=1,2 tensor_dim=256,512   # your own grid
-    python sweep_deployer.py -m tag=sweep_20261126_...       # resume a sweep
-    python sweep_deployer.py -m backend=argo                 # on Argo Workflows
+python sweep_deployer.py -m                              # the default grid, locally
+python sweep_deployer.py -m cpu=1,2 tensor_dim=256,512   # your own grid
+python sweep_deployer.py -m tag=sweep_20261126_...       # resume a sweep
+python sweep_deployer.py -m backend=argo                 # on Argo Workflows
 """
 
 import signal

@@ -1,8 +1,8 @@
 """TorchPerfFlow: PyTorch fp32 matrix-squaring throughput for one CPU count and matrix size.
 
-    python torchtest.py run
-    python torchtest.py run --config-value config '{"cpu": 2, "tensor_dim": 2048}'
-    python torchtest.py card server
+python torchtest.py run
+python torchtest.py run --config-value config '{"cpu": 2, "tensor_dim": 2048}'
+python torchtest.py card server
 """
 
 from metaflow import Config, FlowSpec, card, current, project, resources, step

@@ -1,4 +1,4 @@
-"""Fidelity of TorchPerfFlow's number: the flow's GFLOP/s over torch.utils.benchmark's, back to back.
+"""Fidelity of TorchPerfFlow's number: its GFLOP/s over torch.utils.benchmark's, back to back.
 
     METAFLOW_USER=me .venv/bin/python benchmarks/fidelity.py [--tensor-dim 1024] [--pairs 3]
 
@@ -37,7 +37,9 @@ def flow_gflops(cpu: int, tensor_dim: int, measure_seconds: float) -> dict:
     from metaflow import Runner
 
     config = {"cpu": cpu, "tensor_dim": tensor_dim, "measure_seconds": measure_seconds}
-    runner = Runner(str(ROOT / "torchtest.py"), show_output=False, config_value=[("config", config)])
+    runner = Runner(
+        str(ROOT / "torchtest.py"), show_output=False, config_value=[("config", config)]
+    )
     with runner.run() as running:
         if running.status != "successful":
             sys.exit(f"TorchPerfFlow failed:\n{running.stderr}")
@@ -62,7 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(f"n={args.tensor_dim}, measure_seconds={args.measure_seconds}, {cores} usable cores")
-    print(f"{'cpu':>3} {'pair':>4} {'flow GFLOP/s':>12} {'IQR/med':>8} {'Timer GFLOP/s':>13} {'ratio':>6}")
+    header = ("cpu", "pair", "flow GFLOP/s", "IQR/med", "Timer GFLOP/s", "ratio")
+    print("{:>3} {:>4} {:>12} {:>8} {:>13} {:>6}".format(*header))
     for cpu in sorted({1, cores}):
         ratios = []
         for pair in range(args.pairs):

@@ -1,6 +1,6 @@
 """Orchestration overhead of a local sweep: (wall time - time spent measuring) / variants.
 
-    METAFLOW_USER=me .venv/bin/python benchmarks/sweep_overhead.py [--cpu 1,2] [--tensor-dim 256,512]
+    METAFLOW_USER=me .venv/bin/python benchmarks/sweep_overhead.py [--cpu 1,2] [--tensor-dim 256]
 
 Runs ``sweep_deployer.py -m`` in a subprocess on a private datastore and sweep dir (live analytics
 on, as by default), then reads every variant's timed seconds from its run and prints the

@@ -1,4 +1,4 @@
-"""The benchmark core: arithmetic, statistics, warm-up, core choice, and one tiny real measurement."""
+"""The benchmark core: arithmetic, statistics, warm-up, core choice, one tiny real measurement."""
 
 import statistics
 

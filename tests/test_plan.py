@@ -34,7 +34,11 @@ def test_rejects_tags_unusable_in_branch_names(tag):
 
 def test_branches_are_valid_metaflow_branch_names():
     tag = new_sweep_tag()
-    for branch in [branch_name(tag, 15, 1500), branch_name(tag, 1, 64, "cuda"), analytics_branch(tag)]:
+    for branch in [
+        branch_name(tag, 15, 1500),
+        branch_name(tag, 1, 64, "cuda"),
+        analytics_branch(tag),
+    ]:
         assert BRANCH_PATTERN.match(branch), branch
 
 

@@ -11,8 +11,8 @@ from torchperf.backends.local import LocalBackend
 from torchperf.history import Done
 from torchperf.plan import branch_name
 from torchperf.settings import ConfigError, usable_cores
-from torchperf.sweep import Sweep
 from torchperf.summary import FILENAME
+from torchperf.sweep import Sweep
 
 
 class FakeBackend:

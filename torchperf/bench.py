@@ -160,7 +160,9 @@ def measure(
         measured += seconds
         samples.append(gflops(tensor_dim, calls, seconds))
         notify(
-            Progress("measuring", len(samples), measured, measure_seconds, statistics.median(samples))
+            Progress(
+                "measuring", len(samples), measured, measure_seconds, statistics.median(samples)
+            )
         )
     stats = summarize(samples)
     result = {

@@ -38,7 +38,9 @@ class BenchmarkCard:
         """
         if progress.phase == "done":
             return
-        figure = "" if progress.gflops is None else f" · running median {progress.gflops:.1f} GFLOP/s"
+        figure = (
+            "" if progress.gflops is None else f" · running median {progress.gflops:.1f} GFLOP/s"
+        )
         self._status.update(
             f"**{PHASE_TEXT[progress.phase]}** · {progress.samples} samples{figure}"
         )

@@ -69,7 +69,7 @@ class Variant:
 def grid(params: Mapping[str, Iterable]) -> list[dict]:
     """The cartesian product of swept values, in Hydra's basic-sweeper order."""
     keys = list(params)
-    return [dict(zip(keys, values)) for values in itertools.product(*params.values())]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*params.values())]
 
 
 def expand_overrides(params: Mapping[str, str], arguments: Iterable[str]) -> list[dict]:

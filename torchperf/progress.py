@@ -66,12 +66,14 @@ class SweepProgress:
             self._render()
 
     def _render(self) -> None:
-        remaining = "" if self._planned is None else f" · remaining {self._planned - self._done - self._failed}"
-        running = f" · running {', '.join(self._running)}" if self._running else ""
-        self._progress.update(
-            self._task,
-            description=f"done {self._done} · failed {self._failed}{remaining}{running} · {self._last}",
+        remaining = (
+            ""
+            if self._planned is None
+            else f" · remaining {self._planned - self._done - self._failed}"
         )
+        running = f" · running {', '.join(self._running)}" if self._running else ""
+        counts = f"done {self._done} · failed {self._failed}{remaining}"
+        self._progress.update(self._task, description=f"{counts}{running} · {self._last}")
 
     def close(self, variants: list[dict]) -> None:
         """Stop the bar and print one row per variant."""

@@ -43,9 +43,8 @@ DEFAULT_VARIANT = VariantSettings().as_config()
 
 def _positive_int(key: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif isinstance(value, str) and value.strip().isdigit():
+        whole_float = isinstance(value, float) and value.is_integer()
+        if whole_float or (isinstance(value, str) and value.strip().isdigit()):
             value = int(value)
         else:
             raise ConfigError(f"{key}={value!r} must be a whole number")

@@ -1,4 +1,4 @@
-"""Where variants run. Each backend is the one seam between the sweep logic and the outside world."""
+"""Where variants run: each backend is the one seam between the sweep and the outside world."""
 
 from __future__ import annotations
 

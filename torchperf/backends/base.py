@@ -54,4 +54,4 @@ class Backend(Protocol):
         """Stop what runs now: running variants end as cancelled."""
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
-        """Final analytics (unless interrupted) and teardown; return the analytics run's pathspec."""
+        """Final analytics (unless interrupted) and teardown; the analytics run's pathspec."""

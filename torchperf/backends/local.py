@@ -73,7 +73,9 @@ class LocalBackend:
             kill,
         ):
             self._kill_current = kill
-            timer = threading.Timer(sweep.variant_timeout_seconds, lambda: (timed_out.set(), kill()))
+            timer = threading.Timer(
+                sweep.variant_timeout_seconds, lambda: (timed_out.set(), kill())
+            )
             timer.start()
             try:
                 executing = runner.run(tags=[sweep.tag])

@@ -1,0 +1,174 @@
+"""Whole sweeps through `python sweep_deployer.py -m`, in a subprocess, with tiny variants."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from torchperf.plan import analytics_branch, branch_name
+
+pytestmark = [pytest.mark.e2e, pytest.mark.flow]
+
+
+def sweep_command(sweep_dir, *overrides):
+    return [
+        sys.executable,
+        str(ROOT / "sweep_deployer.py"),
+        "-m",
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def read_summary(sweep_dir):
+    return json.loads((sweep_dir / "summary.json").read_text())
+
+
+def runs_tagged(tag, flow="TorchPerfFlow"):
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    return list(Flow(flow).runs(tag))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A sweep of four variants of which the two on CUDA fail (no GPU here)."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("a GPU is present: the CUDA variants would not fail")
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    done = subprocess.run(
+        sweep_command(
+            sweep_dir, "cpu=1", "tensor_dim=32,48", "device=cpu,cuda", "measure_seconds=0.1"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
+
+
+def test_failed_variants_give_a_nonzero_exit_and_the_others_still_run(finished):
+    assert finished["done"].returncode == 1, finished["done"].stderr
+    statuses = {
+        (v["tensor_dim"], v["branch"].endswith("cuda")): v["status"]
+        for v in finished["summary"]["variants"]
+    }
+    assert statuses == {
+        (32, False): "succeeded",
+        (48, False): "succeeded",
+        (32, True): "failed",
+        (48, True): "failed",
+    }
+
+
+def test_summary_names_each_run_and_branch(finished):
+    summary = finished["summary"]
+    assert summary["backend"] == "local" and summary["planned"] == 4
+    for entry in summary["variants"]:
+        device = "cuda" if entry["branch"].endswith("cuda") else "cpu"
+        assert entry["branch"] == branch_name(
+            summary["tag"], entry["cpu"], entry["tensor_dim"], device
+        )
+        assert entry["run"].startswith("TorchPerfFlow/")
+        assert (entry["gflops"] is not None) == (entry["status"] == "succeeded")
+
+
+def test_runs_carry_the_tag_and_their_branch(finished):
+    summary = finished["summary"]
+    runs = {run.pathspec: run for run in runs_tagged(summary["tag"])}
+    for entry in summary["variants"]:
+        run = runs[entry["run"]]
+        assert f"project_branch:test.{entry['branch']}" in run.system_tags
+        assert run.successful == (entry["status"] == "succeeded")
+        if run.successful:
+            assert run.data.result["gflops"] == entry["gflops"]
+
+
+def test_analytics_ran_after_each_success_and_at_the_end(finished):
+    summary = finished["summary"]
+    analytics = runs_tagged(summary["tag"], "SweepAnalyticsFlow")
+    # Two live runs (one per success) and the final one.
+    assert len(analytics) == 3 and all(run.successful for run in analytics)
+    final = [run for run in analytics if run.pathspec == summary["analytics_run"]]
+    assert (
+        final and f"project_branch:test.{analytics_branch(summary['tag'])}" in final[0].system_tags
+    )
+    results = final[0].data.results
+    assert sorted(results["tensor_dim"]) == [32, 48]
+
+
+def test_report_lands_in_the_sweep_dir(finished):
+    for name in ("report.html", "speedup.png", "efficiency.png"):
+        assert (finished["dir"] / name).stat().st_size > 0
+
+
+def test_terminal_shows_a_summary_table(finished):
+    output = finished["done"].stdout + finished["done"].stderr
+    assert "torchperf sweep" in output and "succeeded" in output and "failed" in output
+
+
+def test_bad_input_is_refused_before_any_run(tmp_path):
+    for override, message in [
+        ("cpu=0", "cpu=0 must be at least 1"),
+        (f"cpu={len(os.sched_getaffinity(0)) + 1}", "exceeds"),
+        ("backend=gcp", "backend=gcp is unknown"),
+        ("colour=red", "unknown setting 'colour'"),
+        ("measure_seconds=0", "measure_seconds=0"),
+    ]:
+        done = subprocess.run(
+            sweep_command(tmp_path / "refused", "tensor_dim=32", override),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0, override
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
+        assert not runs_tagged_anywhere(tmp_path / "refused")
+
+
+def runs_tagged_anywhere(sweep_dir):
+    """Whether a refused sweep left a summary with any variant in it."""
+    path = sweep_dir / "summary.json"
+    return path.exists() and read_summary(sweep_dir)["variants"]
+
+
+def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
+    grid = ["cpu=1", "tensor_dim=32,40,48", "measure_seconds=1.5", "live_analytics=false"]
+    first = tmp_path / "first"
+    sweep = subprocess.Popen(
+        sweep_command(first, *grid), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    # WHEN the first variant has succeeded, the user presses Ctrl-C
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (first / "summary.json").exists() and read_summary(first)["variants"]:
+            break
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGINT)
+    stdout, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, stderr
+    summary = read_summary(first)
+    statuses = [v["status"] for v in summary["variants"]]
+    assert statuses[0] == "succeeded" and set(statuses[1:]) == {"cancelled"} and len(statuses) == 3
+    # THEN resuming by tag runs only the variants that did not succeed
+    resumed = tmp_path / "resumed"
+    done = subprocess.run(
+        sweep_command(resumed, *grid, f"tag={summary['tag']}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    again = {v["tensor_dim"]: v for v in read_summary(resumed)["variants"]}
+    assert again[32]["status"] == "skipped" and again[32]["run"] == summary["variants"][0]["run"]
+    assert again[40]["status"] == again[48]["status"] == "succeeded"
+    successful = [run for run in runs_tagged(summary["tag"]) if run.successful]
+    assert sorted(run.data.config["tensor_dim"] for run in successful) == [32, 40, 48]
