@@ -90,7 +90,7 @@ def test_table_and_both_charts_render_offline(tiny_sweep, report, tmp_path):
     assert f"{done} of {done} variants done (0 failed)" in seen["text"]
     # The cpu x tensor_dim table: a header row plus one row per cpu.
     cpus = {cpu for cpu, _ in tiny_sweep["runs"]}
-    (table,) = [t for t in seen["tables"] if "tensor_dim" in t.splitlines()[0]]
+    (table,) = [t for t in seen["tables"] if t.startswith("cpu \\ tensor_dim")]
     assert len(table.strip().splitlines()) == 1 + len(cpus)
     # The Vega chart drew one line per tensor_dim into a visible svg.
     (chart,) = seen["charts"]
