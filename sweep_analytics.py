@@ -50,6 +50,10 @@ class SweepAnalyticsFlow(FlowSpec):
         self.running = seen.running
         self.stats = {"listed": seen.listed, "loaded": seen.loaded, **seen.seconds}
         self.results = analytics.to_frame(analytics.derive(self.rows.values()))
+        # A plain string: reading `results` in `end` would import pandas for one line.
+        self.progress = analytics.progress_line(
+            tag, len(self.results), len(self.failed), self.config.planned
+        )
         report.fill_card(
             current.card["sweep"],
             tag=tag,
@@ -63,11 +67,7 @@ class SweepAnalyticsFlow(FlowSpec):
     @step
     def end(self):
         """Print the progress line."""
-        from torchperf.analytics import progress_line
-
-        print(
-            progress_line(self.config.tag, len(self.results), len(self.failed), self.config.planned)
-        )
+        print(self.progress)
 
 
 if __name__ == "__main__":
