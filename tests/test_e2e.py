@@ -172,3 +172,6 @@ def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
     assert again[40]["status"] == again[48]["status"] == "succeeded"
     successful = [run for run in runs_tagged(summary["tag"]) if run.successful]
     assert sorted(run.data.config["tensor_dim"] for run in successful) == [32, 40, 48]
+    # Without live analytics, one final analytics run; none for the interrupted sweep.
+    (analytics,) = runs_tagged(summary["tag"], "SweepAnalyticsFlow")
+    assert sorted(analytics.data.results["tensor_dim"]) == [32, 40, 48]

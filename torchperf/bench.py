@@ -159,6 +159,8 @@ def measure(
         seconds = timed(calls)
         measured += seconds
         samples.append(gflops(tensor_dim, calls, seconds))
+        if measured >= measure_seconds:
+            break  # the final figure follows at once: a render now would only cost time
         notify(
             Progress(
                 "measuring", len(samples), measured, measure_seconds, statistics.median(samples)

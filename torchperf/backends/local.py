@@ -55,6 +55,9 @@ class LocalBackend:
         self._analytics: threading.Thread | None = None
         self._analytics_result: dict = {}
         self._kill_current = None
+        # Variants that ended after the last analytics run started: the final run is needed
+        # only when the live ones have not seen everything.
+        self._unseen = 0
 
     # -- the Backend interface -------------------------------------------------------------
     def preflight(self, sweep: SweepSpec) -> None:
@@ -66,6 +69,7 @@ class LocalBackend:
                 raise ConfigError(f"{flow} is missing from {FLOWS}")
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
+        self._unseen += 1
         config = {**settings.as_config(), "cores_lock": str(self._lock_path(sweep))}
         timed_out = threading.Event()
         with _runner("torchtest.py", branch=variant.branch, config_value=[("config", config)]) as (
@@ -110,6 +114,8 @@ class LocalBackend:
         self._wait_for_analytics()
         if interrupted or sweep.dry_run:
             return self._analytics_result.get("run")
+        if self._unseen == 0 and self._analytics_result.get("run"):
+            return self._analytics_result["run"]
         self._start_analytics(sweep)
         self._wait_for_analytics()
         return self._analytics_result.get("run")
@@ -123,6 +129,7 @@ class LocalBackend:
     def _start_analytics(self, sweep: SweepSpec) -> None:
         """Run SweepAnalyticsFlow in the background, holding the cores lock while it runs."""
         self._wait_for_analytics()
+        self._unseen = 0
         lock = open(self._lock_path(sweep), "a")  # noqa: SIM115 - released by the thread
         # Taken here, before the next variant starts, so that its measurement waits for us.
         fcntl.flock(lock, fcntl.LOCK_EX)
