@@ -27,14 +27,17 @@ class TorchPerfFlow(FlowSpec):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
         from torchperf import bench, live
         from torchperf.quiet import cores_lock, wait_for_card_renders
-        from torchperf.settings import available_memory_bytes, validate_variant
+        from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
+        allowed = usable_cores()
         affinity = bench.pin_to_cores(settings.cpu)
         # Imported before the lock: the import is slow and may overlap other work, not timing.
         import torch  # noqa: F401
 
-        card = live.BenchmarkCard(current.card["benchmark"], settings)
+        # Card renders run on the cores not measured (if any), so they do not cool the caches.
+        spare = [core for core in allowed if core not in affinity] or None
+        card = live.BenchmarkCard(current.card["benchmark"], settings, render_cores=spare)
         with cores_lock(settings.cores_lock):
             result = bench.measure(
                 settings.tensor_dim,

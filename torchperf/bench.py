@@ -141,6 +141,9 @@ def measure(
         if on_progress and (force or time.monotonic() - notified[0] >= progress_every):
             on_progress(progress)
             notified[0] = time.monotonic()
+            if progress.phase != "done":
+                # Whatever ran meanwhile (a card render) cooled the caches: warm them again.
+                timed(calls)
 
     if quiet:
         quiet()

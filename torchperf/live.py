@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from torchperf.bench import Progress
 from torchperf.quiet import wait_for_card_renders
 from torchperf.settings import VariantSettings
@@ -12,10 +14,13 @@ PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
 class BenchmarkCard:
     """Components of one benchmark card, updated between timed samples."""
 
-    def __init__(self, card, settings: VariantSettings):
+    def __init__(self, card, settings: VariantSettings, render_cores: list[int] | None = None):
+        """``render_cores``: where the card's render processes may run, so that they need not
+        share (and cool) the measuring cores; None leaves them on the measuring cores."""
         from metaflow.cards import Markdown, ProgressBar
 
         self._card = card
+        self._render_cores = render_cores
         self._status = Markdown("**warming up**")
         self._bar = ProgressBar(max=100, label="measured", value=0, unit="%")
         card.append(
@@ -46,7 +51,15 @@ class BenchmarkCard:
         )
         share = min(1.0, progress.measured_seconds / progress.budget_seconds)
         self._bar.update(round(100 * share))
-        self._card.refresh(force=True)
+        pinned = os.sched_getaffinity(0) if self._render_cores else None
+        if pinned:
+            # The render process inherits this process's cores at its start.
+            os.sched_setaffinity(0, self._render_cores)
+        try:
+            self._card.refresh(force=True)
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, pinned)
         wait_for_card_renders()
 
     def finish(self, result: dict) -> None:
