@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,35 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_s3() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-
-    s3 = boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1",
-        aws_access_key_id="bench", aws_secret_access_key="bench",
-    )  # fmt: skip
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket="torchperf")
-            return server, url
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError("moto_server did not start")
 
 
 def upstream_grid(count: int) -> list[tuple[int, int]]:
@@ -130,7 +99,9 @@ def main() -> None:
     from kube_api import KubeAPI
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-fanout-"))
-    s3, s3_url = start_s3()
+    from s3_server import start_moto
+
+    s3, s3_url = start_moto("torchperf", "bench", "bench")
     api = KubeAPI(pending_seconds=1.0, run_seconds=args.duration).__enter__()
     # This process reads Metaflow's settings at `import metaflow`: set them all first.
     os.environ.update(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kube_api import KubeAPI
+from s3_server import start_moto
 
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
@@ -29,35 +29,11 @@ SECRET = "s3cr3t-never-written"
 pytestmark = pytest.mark.flow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto's S3 server on loopback, with the datastore bucket created."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_moto("torchperf", "test", SECRET)
     try:
-        import boto3
-
-        s3 = boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1",
-            aws_access_key_id="test", aws_secret_access_key=SECRET,
-        )  # fmt: skip
-        for _ in range(100):
-            try:
-                s3.create_bucket(Bucket="torchperf")
-                break
-            except Exception:
-                time.sleep(0.1)
         yield url
     finally:
         server.terminate()

@@ -68,3 +68,20 @@ def cores_lock(path: str | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_holders(path: str | os.PathLike) -> set[int] | None:
+    """The processes holding a flock on ``path`` (Linux's /proc/locks); None where unknown."""
+    try:
+        inode = str(os.stat(path).st_ino)
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    holders = set()
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4321 fd:01:1234 0 EOF"; waiters read "1: -> FLOCK ...".
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == inode:
+            holders.add(int(fields[4]))
+    return holders

@@ -108,11 +108,14 @@ class Sweep:
         tag = check_tag(str(config.tag)) if config.tag else new_sweep_tag()
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
         planned = plan_variants(base, jobs or [], tag)
+        # A given tag resumes that sweep: what already succeeded is not run again.
+        done = succeeded_variants(tag) if config.tag else {}
         spec = SweepSpec(
             tag=tag,
             event=event_name(tag),
             sweep_dir=Path(sweep_dir),
             planned=planned,
+            pending=[] if config.dry_run else [p for p in planned if p[0].branch not in done],
             dry_run=bool(config.dry_run),
             live_analytics=bool(config.live_analytics),
             variant_timeout_seconds=float(config.variant_timeout_seconds),
@@ -121,8 +124,6 @@ class Sweep:
         name = options.get("name", "local")
         backend = backend or make_backend(name, options)
         backend.preflight(spec)
-        # A given tag resumes that sweep: what already succeeded is not run again.
-        done = succeeded_variants(tag) if config.tag else {}
         _current = cls(spec, backend, name, done, display)
         return _current
 

@@ -20,6 +20,8 @@ class SweepSpec:
     event: str  # the event that makes the sweep's analytics run
     sweep_dir: Path  # Hydra's sweep dir: summary, manifests and report land here
     planned: list[tuple[Variant, VariantSettings]] = field(default_factory=list)  # known up front
+    # The planned variants that will run, in Hydra's job order (resumed ones and dry runs left out).
+    pending: list[tuple[Variant, VariantSettings]] = field(default_factory=list)
     dry_run: bool = False  # compile and check everything, run nothing
     live_analytics: bool = True  # analytics after every successful variant, not only at the end
     variant_timeout_seconds: float = 1800.0  # a variant running longer is stopped: timeout

@@ -1,20 +1,27 @@
 """Run every variant on this machine through Metaflow's Runner, one measurement at a time.
 
-Live analytics overlap the next variant's start-up (process spawns, imports), never its
-measurement: the sweep holds a file lock while SweepAnalyticsFlow runs, and TorchPerfFlow's
-measuring step takes the same lock before it warms up.
+Only a measurement needs the cores to itself; starting processes, importing torch, rendering
+cards and the analytics flow may overlap one another. A file lock (``cores_lock``) serializes
+what must not overlap: TorchPerfFlow's measuring step holds it while it warms up and measures,
+and the sweep holds it while SweepAnalyticsFlow runs. As soon as a variant has measured, the
+sweep starts the analytics run for the previous success and the next planned variant, so that
+both overlap this variant's card render and end step, and the next measurement waits only for
+what is left of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from torchperf.backends.base import Outcome, SweepSpec
 from torchperf.plan import Variant, analytics_branch
+from torchperf.quiet import lock_holders
 from torchperf.settings import (
     ConfigError,
     VariantSettings,
@@ -25,6 +32,8 @@ from torchperf.settings import (
 
 FLOWS = Path(__file__).resolve().parents[2]
 LOCK_NAME = ".cores.lock"
+# How often the sweep looks whether a measurement still holds the lock (a file read).
+POLL_SECONDS = 0.05
 
 
 def _last_line(text: str) -> str:
@@ -48,16 +57,98 @@ def _runner(flow: str, **kwargs):
         yield runner, (lambda: kill(signal.SIGINT, None))
 
 
+class _Launch:
+    """One TorchPerfFlow run going on in the background, stopped at its timeout."""
+
+    def __init__(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, lock: Path):
+        config = {**settings.as_config(), "cores_lock": str(lock)}
+        self._stack = contextlib.ExitStack()
+        runner, self._kill = self._stack.enter_context(
+            _runner("torchtest.py", branch=variant.branch, config_value=[("config", config)])
+        )
+        self._timeout = sweep.variant_timeout_seconds
+        self._timed_out = threading.Event()
+        self._timer = threading.Timer(self._timeout, self._time_out)
+        self._executing = self._error = None
+        self._thread = threading.Thread(
+            target=self._run, args=(runner, sweep.tag), name=variant.branch, daemon=True
+        )
+        self._timer.start()
+        self._thread.start()
+
+    def _run(self, runner, tag: str) -> None:
+        try:
+            self._executing = runner.run(tags=[tag])
+        except Exception as error:  # noqa: BLE001 - reported as the variant's failure
+            self._error = error
+
+    def _time_out(self) -> None:
+        self._timed_out.set()
+        self._kill()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Kill the run's processes (the outcome then reads failed)."""
+        self._kill()
+
+    def outcome(self) -> Outcome:
+        """Wait for the run to end and say how it ended."""
+        while self._thread.is_alive():
+            self._thread.join(POLL_SECONDS)  # short joins keep Ctrl-C responsive
+        self._timer.cancel()
+        try:
+            if self._error is not None:
+                return Outcome("failed", message=_last_line(str(self._error)))
+            run = self._executing.run
+            if self._timed_out.is_set():
+                return Outcome(
+                    "timeout", run.pathspec, message=f"stopped after {self._timeout:g} s"
+                )
+            if self._executing.status != "successful":
+                return Outcome("failed", run.pathspec, message=_last_line(self._executing.stderr))
+            result = run.data.result
+            return Outcome(
+                "succeeded",
+                run.pathspec,
+                result["gflops"],
+                measure_seconds=result["measure_seconds"],
+            )
+        finally:
+            self._stack.close()
+
+
+def wait_until_measured(launch: _Launch, lock: Path) -> None:
+    """Return once the run's measuring step has taken and released ``lock``, or the run ended.
+
+    Where /proc/locks cannot tell, this waits for the run to end.
+    """
+    seen = False
+    while launch.running:
+        holders = lock_holders(lock)
+        if holders is None:
+            return
+        others = holders - {os.getpid()}
+        if others:
+            seen = True
+        elif seen:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 class LocalBackend:
     """Variants run one after another on this machine; analytics follow every success."""
 
     def __init__(self, name: str = "local"):
+        self._launched: dict[str, _Launch] = {}
         self._analytics: threading.Thread | None = None
         self._analytics_result: dict = {}
-        self._kill_current = None
-        # Variants that ended after the last analytics run started: the final run is needed
-        # only when the live ones have not seen everything.
+        # Variants that ended after the last analytics run started, and whether one of them
+        # succeeded: the next analytics run is due.
         self._unseen = 0
+        self._due = False
 
     # -- the Backend interface -------------------------------------------------------------
     def preflight(self, sweep: SweepSpec) -> None:
@@ -69,67 +160,68 @@ class LocalBackend:
                 raise ConfigError(f"{flow} is missing from {FLOWS}")
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
+        lock = self._lock_path(sweep)
+        launch = self._launched.pop(variant.branch, None) or _Launch(sweep, variant, settings, lock)
+        self._launched[variant.branch] = launch
+        try:
+            wait_until_measured(launch, lock)
+            # The cores are free until the next measurement: use the time.
+            if self._due and sweep.live_analytics:
+                self._start_analytics(sweep)
+            self._start_next(sweep, variant, lock)
+            outcome = launch.outcome()
+        except BaseException:
+            launch.stop()
+            raise
+        finally:
+            self._launched.pop(variant.branch, None)
         self._unseen += 1
-        config = {**settings.as_config(), "cores_lock": str(self._lock_path(sweep))}
-        timed_out = threading.Event()
-        with _runner("torchtest.py", branch=variant.branch, config_value=[("config", config)]) as (
-            runner,
-            kill,
-        ):
-            self._kill_current = kill
-            timer = threading.Timer(
-                sweep.variant_timeout_seconds, lambda: (timed_out.set(), kill())
-            )
-            timer.start()
-            try:
-                executing = runner.run(tags=[sweep.tag])
-            except BaseException:
-                kill()
-                raise
-            finally:
-                timer.cancel()
-                self._kill_current = None
-            run = executing.run
-            if timed_out.is_set():
-                return Outcome(
-                    "timeout",
-                    run.pathspec,
-                    message=f"stopped after {sweep.variant_timeout_seconds:g} s",
-                )
-            if executing.status != "successful":
-                return Outcome("failed", run.pathspec, message=_last_line(executing.stderr))
-            result = run.data.result
-        outcome = Outcome(
-            "succeeded", run.pathspec, result["gflops"], measure_seconds=result["measure_seconds"]
-        )
-        if sweep.live_analytics:
-            self._start_analytics(sweep)
+        self._due = self._due or outcome.status == "succeeded"
         return outcome
 
     def cancel(self) -> None:
-        if self._kill_current:
-            self._kill_current()
+        for launch in list(self._launched.values()):
+            launch.stop()
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
+        # Variants started ahead whose Hydra job never came (Ctrl-C, an exception) are stopped.
+        for branch, launch in list(self._launched.items()):
+            launch.stop()
+            launch.outcome()
+            del self._launched[branch]
         self._wait_for_analytics()
-        if interrupted or sweep.dry_run:
+        if interrupted or sweep.dry_run or (self._unseen == 0 and self._analytics_result):
             return self._analytics_result.get("run")
-        if self._unseen == 0 and self._analytics_result.get("run"):
-            return self._analytics_result["run"]
         self._start_analytics(sweep)
         self._wait_for_analytics()
         return self._analytics_result.get("run")
 
-    # -- analytics ---------------------------------------------------------------------------
+    # -- scheduling --------------------------------------------------------------------------
+    def _start_next(self, sweep: SweepSpec, variant: Variant, lock: Path) -> None:
+        """Start the variant planned after ``variant``: its start-up overlaps this one's end."""
+        branches = [planned.branch for planned, _ in sweep.pending]
+        if variant.branch not in branches:
+            return
+        following = branches.index(variant.branch) + 1
+        if following < len(branches):
+            next_variant, next_settings = sweep.pending[following]
+            if next_variant.branch not in self._launched:
+                self._launched[next_variant.branch] = _Launch(
+                    sweep, next_variant, next_settings, lock
+                )
+
     @staticmethod
     def _lock_path(sweep: SweepSpec) -> Path:
         sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
-        return sweep.sweep_dir / LOCK_NAME
+        path = sweep.sweep_dir / LOCK_NAME
+        # It must exist before any run: watching it needs its inode.
+        path.touch()
+        return path
 
     def _start_analytics(self, sweep: SweepSpec) -> None:
         """Run SweepAnalyticsFlow in the background, holding the cores lock while it runs."""
         self._wait_for_analytics()
-        self._unseen = 0
+        self._unseen, self._due = 0, False
         lock = open(self._lock_path(sweep), "a")  # noqa: SIM115 - released by the thread
         # Taken here, before the next variant starts, so that its measurement waits for us.
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -160,7 +252,8 @@ class LocalBackend:
 
     def _wait_for_analytics(self) -> None:
         if self._analytics is not None:
-            self._analytics.join()
+            while self._analytics.is_alive():
+                self._analytics.join(POLL_SECONDS)
             self._analytics = None
 
     @property
