@@ -112,7 +112,8 @@ def measure(
     """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample.
 
     ``on_progress`` is called between samples, never inside one, and the time it takes is not
-    measured; it is called at most every ``progress_every`` seconds and once at the end.
+    measured; it is called at most every ``progress_every`` seconds of each phase (warm-up,
+    measuring) and once at the end.
     ``quiet`` is called once before warm-up and must return when no background work of ours
     (such as a card render) competes for the cores any more.
     """
@@ -151,6 +152,7 @@ def measure(
     calls = calls_per_sample(timed(1))
     warmup_rates: list[float] = []
     warmup_started = time.perf_counter()
+    notified[0] = time.monotonic()
     while not settled(warmup_rates) and time.perf_counter() - warmup_started < max_warmup_seconds:
         warmup_rates.append(gflops(tensor_dim, calls, timed(calls)))
         notify(Progress("warmup", 0, 0.0, measure_seconds, None))
@@ -158,6 +160,8 @@ def measure(
 
     samples: list[float] = []
     measured = 0.0
+    # Each phase counts its own seconds: a render comes after a full second of measuring.
+    notified[0] = time.monotonic()
     while measured < measure_seconds:
         seconds = timed(calls)
         measured += seconds
