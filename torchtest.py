@@ -26,7 +26,7 @@ class TorchPerfFlow(FlowSpec):
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
         from torchperf import bench, live
-        from torchperf.quiet import cores_lock, wait_for_card_renders
+        from torchperf.quiet import card_renders_running, cores_lock
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
@@ -45,7 +45,7 @@ class TorchPerfFlow(FlowSpec):
                 settings.measure_seconds,
                 device=settings.device,
                 on_progress=card.update,
-                quiet=wait_for_card_renders,
+                busy=card_renders_running,
             )
         self.result = {**result, "affinity": affinity}
         card.finish(self.result)

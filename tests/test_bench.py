@@ -1,6 +1,7 @@
 """The benchmark core: arithmetic, statistics, warm-up, core choice, one tiny real measurement."""
 
 import statistics
+import time
 
 import pytest
 
@@ -72,7 +73,16 @@ def test_measure_reports_consistent_figures():
     assert {p.phase for p in progress} >= {"measuring", "done"}
 
 
-def test_measure_calls_quiet_before_timing():
-    calls = []
-    bench.measure(16, 1, 0.01, quiet=lambda: calls.append("quiet"))
-    assert calls == ["quiet"]
+def test_measure_times_nothing_while_background_work_runs():
+    # GIVEN background work that runs for the first three checks, and again after a progress call
+    checks = []
+    background = iter([True, True, True, False, True, True, False] + [False] * 10_000)
+
+    def busy():
+        checks.append(time.monotonic())
+        return next(background)
+
+    progress = []
+    result = bench.measure(16, 1, 0.05, on_progress=progress.append, progress_every=0.0, busy=busy)
+    # THEN it waited before warming up, and kept checking after the first progress call
+    assert len(checks) >= 7 and progress and result["gflops"] > 0

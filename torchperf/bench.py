@@ -106,7 +106,7 @@ def measure(
     device: str = "cpu",
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: float = 1.0,
-    quiet: Callable[[], None] | None = None,
+    busy: Callable[[], bool] | None = None,
     max_warmup_seconds: float = 3.0,
 ) -> dict:
     """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample.
@@ -114,8 +114,9 @@ def measure(
     ``on_progress`` is called between samples, never inside one, and the time it takes is not
     measured; it is called at most every ``progress_every`` seconds of each phase (warm-up,
     measuring) and once at the end.
-    ``quiet`` is called once before warm-up and must return when no background work of ours
-    (such as a card render) competes for the cores any more.
+    ``busy`` says whether background work of ours (a card render) still runs: timing starts
+    only once it is done, and while it runs after a progress call the benchmark keeps its cores
+    warm with untimed squarings instead of letting them idle (an idle core comes back slower).
     """
     import torch
 
@@ -141,13 +142,15 @@ def measure(
     def notify(progress: Progress, force: bool = False) -> None:
         if on_progress and (force or time.monotonic() - notified[0] >= progress_every):
             on_progress(progress)
-            notified[0] = time.monotonic()
             if progress.phase != "done":
+                while busy and busy():
+                    timed(calls)
                 # Whatever ran meanwhile (a card render) cooled the caches: warm them again.
                 timed(calls)
+            notified[0] = time.monotonic()
 
-    if quiet:
-        quiet()
+    while busy and busy():
+        time.sleep(0.01)
     # The first call pays for thread start-up and allocation: it only sizes the samples.
     calls = calls_per_sample(timed(1))
     warmup_rates: list[float] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from torchperf.bench import Progress
-from torchperf.quiet import wait_for_card_renders
 from torchperf.settings import VariantSettings
 
 PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
@@ -37,9 +36,9 @@ class BenchmarkCard:
     def update(self, progress: Progress) -> None:
         """Show the phase, the share of the budget measured and the running median.
 
-        Called between timed samples; returns once the render has finished, so that no render
-        competes with the next sample. The final figure needs no refresh: the card is rendered
-        once more when the task ends.
+        Called between timed samples; the render runs in a child process, which the benchmark
+        waits for (``card_renders_running``) before the next sample. The final figure needs no
+        refresh: the card is rendered once more when the task ends.
         """
         if progress.phase == "done":
             return
@@ -60,7 +59,6 @@ class BenchmarkCard:
         finally:
             if pinned:
                 os.sched_setaffinity(0, pinned)
-        wait_for_card_renders()
 
     def finish(self, result: dict) -> None:
         """Replace the running figure with the result; the final render happens at task end."""

@@ -1,8 +1,8 @@
 """Keeping other work off the cores while a benchmark measures.
 
 Metaflow renders each live-card refresh in a child process (``flow.py card create``); left
-running, it would compete with the timed loop for the same cores. ``wait_for_card_renders``
-lets the loop pause until it is done. ``cores_lock`` serializes CPU-heavy work of several
+running, it would compete with the timed loop for the same cores. ``card_renders_running``
+tells the loop when it is done. ``cores_lock`` serializes CPU-heavy work of several
 processes on one machine.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import time
 from collections.abc import Iterator
 
 
@@ -44,16 +43,9 @@ def _running_children(marker: bytes) -> list[int]:
 CARD_RENDER = b"\0card\0create\0"
 
 
-def wait_for_card_renders(timeout: float = 10.0, poll: float = 0.01) -> bool:
-    """Wait until no card render started by this process runs; False if one still runs."""
-    if not os.path.isdir("/proc/self/task"):
-        return True
-    deadline = time.monotonic() + timeout
-    while _running_children(CARD_RENDER):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(poll)
-    return True
+def card_renders_running() -> bool:
+    """Whether a card render started by this process still runs."""
+    return os.path.isdir("/proc/self/task") and bool(_running_children(CARD_RENDER))
 
 
 @contextlib.contextmanager
