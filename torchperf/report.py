@@ -28,7 +28,12 @@ def vega_spec(rows: Iterable[dict]) -> dict:
         "data": {"values": values},
         "mark": {"type": "line", "point": True},
         "encoding": {
-            "x": {"field": "cpu", "type": "quantitative", "title": "cpu (cores)"},
+            "x": {
+                "field": "cpu",
+                "type": "quantitative",
+                "title": "cpu (cores)",
+                "axis": {"tickMinStep": 1, "format": "d"},  # whole cores only
+            },
             "y": {"field": "gflops", "type": "quantitative", "title": "GFLOP/s (median)"},
             "color": {"field": "tensor_dim", "type": "nominal", "title": "tensor_dim (n)"},
             "tooltip": [

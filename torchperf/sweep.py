@@ -175,26 +175,27 @@ class Sweep:
         try:
             analytics = self.backend.finish(self.spec, interrupted)
             self.summary.set_analytics_run(analytics)
-            if analytics:
-                self._write_report(analytics)
+            written = self._write_report(analytics) if analytics else []
         finally:
             if self.progress:
                 self.progress.close(self.summary.variants)
             _current = None
             _last_exit_status = self.exit_status()
+        if self.progress:
+            self.progress.console.print(f"summary: {self.summary.path}")
+            for path in written:
+                self.progress.console.print(f"report:  {path}")
         return _last_exit_status
 
-    def _write_report(self, analytics: str) -> None:
+    def _write_report(self, analytics: str) -> list[Path]:
         """The final card as one HTML file and the charts as PNG, beside summary.json."""
         from torchperf.report import write_report
 
         try:
-            written = write_report(analytics, self.spec.sweep_dir)
+            return write_report(analytics, self.spec.sweep_dir)
         except Exception as error:  # noqa: BLE001 - the results are safe in Metaflow already
             print(f"warning: no report written: {error}", file=sys.stderr)
-            return
-        if self.progress:
-            self.progress.console.print(f"report: {', '.join(str(path) for path in written)}")
+            return []
 
     def exit_status(self) -> int:
         if self.interrupted:
