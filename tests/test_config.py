@@ -55,3 +55,9 @@ def test_every_setting_has_a_comment():
                 if path.name == "config.yaml" and not re.match(r"^[a-z_]+:", line):
                     continue  # nested Hydra settings are documented by Hydra
                 assert "#" in line, f"{path.name}: {line!r} has no comment"
+
+
+def test_command_line_check_knows_every_backend_setting():
+    from torchperf.hydra_app import check_command_line
+
+    check_command_line(["-m", "backend=argo", "backend.max_parallel=8", "sweep=smoke"], ROOT)

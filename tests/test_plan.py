@@ -99,3 +99,11 @@ def test_hydra_settings_and_known_keys_pass():
 @pytest.mark.parametrize(("cores", "grid"), [(1, "1"), (2, "1,2"), (6, "1,2,4,6"), (8, "1,2,4,8")])
 def test_default_cpu_grid_fits_the_machine(cores, grid):
     assert cpu_grid(cores) == grid
+
+
+def test_settings_inside_a_group_node_are_checked():
+    groups = {"backend": ["local", "argo"]}
+    keys = {"backend": {"name", "max_parallel"}}
+    check_overrides(["backend.max_parallel=8"], ["cpu"], groups, keys)
+    with pytest.raises(ConfigError, match="unknown setting 'backend.paralel'"):
+        check_overrides(["backend.paralel=8"], ["cpu"], groups, keys)

@@ -40,7 +40,16 @@ def check_command_line(arguments: list[str], root: Path) -> None:
         for folder in (root / "conf").iterdir()
         if folder.is_dir()
     }
-    check_overrides([arg for arg in arguments if not arg.startswith("-")], known, groups)
+    # Groups whose options fill their own node (conf/backend/*.yaml -> cfg.backend); the
+    # `# @package _global_` presets of conf/sweep/ change root settings instead.
+    group_keys = {}
+    for name, options in groups.items():
+        texts = [(root / "conf" / name / f"{option}.yaml").read_text() for option in options]
+        if not any("@package _global_" in text for text in texts):
+            group_keys[name] = {key for text in texts for key in OmegaConf.create(text)}
+    check_overrides(
+        [arg for arg in arguments if not arg.startswith("-")], known, groups, group_keys
+    )
 
 
 def _fail(error: ConfigError) -> None:

@@ -91,9 +91,15 @@ def expand_overrides(params: Mapping[str, str], arguments: Iterable[str]) -> lis
 
 
 def check_overrides(
-    arguments: Iterable[str], known_keys: Iterable[str], groups: Mapping[str, Iterable[str]]
+    arguments: Iterable[str],
+    known_keys: Iterable[str],
+    groups: Mapping[str, Iterable[str]],
+    group_keys: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
-    """Reject an override of an unknown key or an unknown group option, in one line."""
+    """Reject an override of an unknown key or an unknown group option, in one line.
+
+    ``group_keys`` are the settings inside a group's node (``backend.max_parallel``).
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -123,6 +129,11 @@ def check_overrides(
                     raise ConfigError(
                         f"{key}={value} is unknown; choose one of: {', '.join(sorted(options))}"
                     )
+            continue
+        if root in (group_keys or {}) and "." in key:
+            inner = set((group_keys or {})[root])
+            if key.split(".")[1] not in inner:
+                raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(inner))}")
             continue
         if root not in known:
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
