@@ -69,6 +69,8 @@ class _Launch:
         self._timeout = sweep.variant_timeout_seconds
         self._timed_out = threading.Event()
         self._timer = threading.Timer(self._timeout, self._time_out)
+        # A pending timeout must never keep the sweep's process alive at exit.
+        self._timer.daemon = True
         self._executing = self._error = None
         self._thread = threading.Thread(
             target=self._run, args=(runner, sweep.tag), name=variant.branch, daemon=True
@@ -92,6 +94,7 @@ class _Launch:
 
     def stop(self) -> None:
         """Kill the run's processes (the outcome then reads failed)."""
+        self._timer.cancel()
         self._kill()
 
     def outcome(self) -> Outcome:
@@ -171,10 +174,9 @@ class LocalBackend:
             self._start_next(sweep, variant, lock)
             outcome = launch.outcome()
         except BaseException:
-            launch.stop()
+            launch.stop()  # and finish() collects it
             raise
-        finally:
-            self._launched.pop(variant.branch, None)
+        self._launched.pop(variant.branch, None)
         self._unseen += 1
         self._due = self._due or outcome.status == "succeeded"
         return outcome
