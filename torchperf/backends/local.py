@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,6 +197,10 @@ class LocalBackend:
             return self._analytics_result.get("run")
         self._start_analytics(sweep)
         self._wait_for_analytics()
+        if not self._analytics_result.get("run"):
+            # The variants' results are safe in Metaflow; say why the aggregate is missing.
+            why = _last_line(self._analytics_result.get("stderr", ""))
+            print(f"warning: SweepAnalyticsFlow failed: {why}", file=sys.stderr)
         return self._analytics_result.get("run")
 
     # -- scheduling --------------------------------------------------------------------------
@@ -257,8 +262,3 @@ class LocalBackend:
             while self._analytics.is_alive():
                 self._analytics.join(POLL_SECONDS)
             self._analytics = None
-
-    @property
-    def analytics_error(self) -> str:
-        """The last analytics run's error output, empty when it succeeded."""
-        return self._analytics_result.get("stderr", "")
