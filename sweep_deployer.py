@@ -34,12 +34,11 @@ if __name__ == "__main__":
     try:
         hydra_app.check_command_line(sys.argv[1:], ROOT)
     except ConfigError as error:
-        sys.exit(f"error: {error}")
+        hydra_app.fail(error)
     hydra_app.register_resolvers()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except KeyboardInterrupt:
-        status = sweep.current().close(interrupted=True) if sweep._current else 130
-        sys.exit(status)
+        sys.exit(sweep.interrupt())
     sys.exit(sweep.last_exit_status())

@@ -128,7 +128,7 @@ def test_bad_input_is_refused_before_any_run(tmp_path):
             text=True,
             timeout=120,
         )
-        assert done.returncode != 0, override
+        assert done.returncode == 2, override
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
         assert not runs_tagged_anywhere(tmp_path / "refused")

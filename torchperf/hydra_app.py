@@ -38,7 +38,7 @@ def check_command_line(arguments: list[str], root: Path) -> None:
     groups = {
         folder.name: [path.stem for path in folder.glob("*.yaml")]
         for folder in (root / "conf").iterdir()
-        if folder.is_dir()
+        if folder.is_dir() and any(folder.glob("*.yaml"))  # not __pycache__
     }
     # Groups whose options fill their own node (conf/backend/*.yaml -> cfg.backend); the
     # `# @package _global_` presets of conf/sweep/ change root settings instead.
@@ -52,7 +52,8 @@ def check_command_line(arguments: list[str], root: Path) -> None:
     )
 
 
-def _fail(error: ConfigError) -> None:
+def fail(error: ConfigError) -> None:
+    """Bad input: one line on stderr and exit status 2, before anything runs."""
     print(f"error: {error}", file=sys.stderr)
     # SystemExit passes through Hydra's error reporting untouched.
     sys.exit(2)
@@ -83,7 +84,7 @@ class SweepCallback(Callback):
         try:
             sweep.Sweep.open(config, jobs, sweep_dir)
         except ConfigError as error:
-            _fail(error)
+            fail(error)
 
 
 def run_job(cfg: DictConfig) -> float:

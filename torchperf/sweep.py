@@ -35,6 +35,11 @@ def last_exit_status() -> int:
     return _last_exit_status
 
 
+def interrupt() -> int:
+    """Close the open sweep as interrupted (Ctrl-C, SIGTERM); the exit status."""
+    return _current.close(interrupted=True) if _current else 130
+
+
 def current() -> Sweep:
     """The sweep this process runs (opened by the Hydra callback)."""
     if _current is None:
