@@ -58,35 +58,39 @@ def _runner(flow: str, **kwargs):
         yield runner, (lambda: kill(signal.SIGINT, None))
 
 
-class _Launch:
-    """One TorchPerfFlow run going on in the background, stopped at its timeout."""
+class _BackgroundRun:
+    """A Metaflow run going on in a thread, stopped at its timeout (if any).
 
-    def __init__(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, lock: Path):
-        config = {**settings.as_config(), "cores_lock": str(lock)}
+    Built in the main thread (see ``_runner``); ``on_end`` runs in the thread once the run has
+    ended, ``result`` waits for it and reads it before the Runner's files are cleaned up.
+    """
+
+    def __init__(self, flow: str, tag: str, timeout=None, on_end=None, **runner_kwargs):
         self._stack = contextlib.ExitStack()
-        runner, self._kill = self._stack.enter_context(
-            _runner("torchtest.py", branch=variant.branch, config_value=[("config", config)])
-        )
-        self._timeout = sweep.variant_timeout_seconds
-        self._timed_out = threading.Event()
-        self._timer = threading.Timer(self._timeout, self._time_out)
+        runner, self._kill = self._stack.enter_context(_runner(flow, **runner_kwargs))
+        self.timeout = timeout
+        self.timed_out = threading.Event()
+        self._timer = threading.Timer(timeout or 0, self._time_out)
         # A pending timeout must never keep the sweep's process alive at exit.
         self._timer.daemon = True
-        self._executing = self._error = None
-        self._thread = threading.Thread(
-            target=self._run, args=(runner, sweep.tag), name=variant.branch, daemon=True
-        )
-        self._timer.start()
+        self.executing = self.error = None
+        self._on_end = on_end
+        self._thread = threading.Thread(target=self._run, args=(runner, tag), daemon=True)
+        if timeout:
+            self._timer.start()
         self._thread.start()
 
     def _run(self, runner, tag: str) -> None:
         try:
-            self._executing = runner.run(tags=[tag])
-        except Exception as error:  # noqa: BLE001 - reported as the variant's failure
-            self._error = error
+            self.executing = runner.run(tags=[tag])
+        except Exception as error:  # noqa: BLE001 - reported as the run's failure
+            self.error = error
+        finally:
+            if self._on_end:
+                self._on_end()
 
     def _time_out(self) -> None:
-        self._timed_out.set()
+        self.timed_out.set()
         self._kill()
 
     @property
@@ -94,37 +98,59 @@ class _Launch:
         return self._thread.is_alive()
 
     def stop(self) -> None:
-        """Kill the run's processes (the outcome then reads failed)."""
+        """Kill the run's processes (it then reads failed)."""
         self._timer.cancel()
         self._kill()
 
-    def outcome(self) -> Outcome:
-        """Wait for the run to end and say how it ended."""
+    def result(self, read):
+        """Wait for the run to end and return ``read(self)``."""
         while self._thread.is_alive():
             self._thread.join(POLL_SECONDS)  # short joins keep Ctrl-C responsive
         self._timer.cancel()
         try:
-            if self._error is not None:
-                return Outcome("failed", message=_last_line(str(self._error)))
-            run = self._executing.run
-            if self._timed_out.is_set():
-                return Outcome(
-                    "timeout", run.pathspec, message=f"stopped after {self._timeout:g} s"
-                )
-            if self._executing.status != "successful":
-                return Outcome("failed", run.pathspec, message=_last_line(self._executing.stderr))
-            result = run.data.result
-            return Outcome(
-                "succeeded",
-                run.pathspec,
-                result["gflops"],
-                measure_seconds=result["measure_seconds"],
-            )
+            return read(self)
         finally:
             self._stack.close()
 
 
-def wait_until_measured(launch: _Launch, lock: Path) -> None:
+def _variant_outcome(launch: _BackgroundRun) -> Outcome:
+    """How a TorchPerfFlow run ended."""
+    if launch.error is not None:
+        return Outcome("failed", message=_last_line(str(launch.error)))
+    run = launch.executing.run
+    if launch.timed_out.is_set():
+        return Outcome("timeout", run.pathspec, message=f"stopped after {launch.timeout:g} s")
+    if launch.executing.status != "successful":
+        return Outcome("failed", run.pathspec, message=_last_line(launch.executing.stderr))
+    result = run.data.result
+    return Outcome(
+        "succeeded", run.pathspec, result["gflops"], measure_seconds=result["measure_seconds"]
+    )
+
+
+def _analytics_outcome(launch: _BackgroundRun) -> dict:
+    """The analytics run's pathspec when it succeeded, else its error output."""
+    if launch.error is not None:
+        return {"run": None, "stderr": str(launch.error)}
+    if launch.executing.status != "successful":
+        return {"run": None, "stderr": launch.executing.stderr}
+    return {"run": launch.executing.run.pathspec, "stderr": ""}
+
+
+def _launch_variant(
+    sweep: SweepSpec, variant: Variant, settings: VariantSettings, lock: Path
+) -> _BackgroundRun:
+    config = {**settings.as_config(), "cores_lock": str(lock)}
+    return _BackgroundRun(
+        "torchtest.py",
+        sweep.tag,
+        timeout=sweep.variant_timeout_seconds,
+        branch=variant.branch,
+        config_value=[("config", config)],
+    )
+
+
+def wait_until_measured(launch: _BackgroundRun, lock: Path) -> None:
     """Return once the run's measuring step has taken and released ``lock``, or the run ended.
 
     Where /proc/locks cannot tell, this waits for the run to end.
@@ -146,8 +172,8 @@ class LocalBackend:
     """Variants run one after another on this machine; analytics follow every success."""
 
     def __init__(self, name: str = "local"):
-        self._launched: dict[str, _Launch] = {}
-        self._analytics: threading.Thread | None = None
+        self._launched: dict[str, _BackgroundRun] = {}
+        self._analytics: _BackgroundRun | None = None
         self._analytics_result: dict = {}
         # Variants that ended after the last analytics run started, and whether one of them
         # succeeded: the next analytics run is due.
@@ -165,7 +191,9 @@ class LocalBackend:
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         lock = self._lock_path(sweep)
-        launch = self._launched.pop(variant.branch, None) or _Launch(sweep, variant, settings, lock)
+        launch = self._launched.pop(variant.branch, None) or _launch_variant(
+            sweep, variant, settings, lock
+        )
         self._launched[variant.branch] = launch
         try:
             wait_until_measured(launch, lock)
@@ -173,7 +201,7 @@ class LocalBackend:
             if self._due and sweep.live_analytics:
                 self._start_analytics(sweep)
             self._start_next(sweep, variant, lock)
-            outcome = launch.outcome()
+            outcome = launch.result(_variant_outcome)
         except BaseException:
             launch.stop()  # and finish() collects it
             raise
@@ -190,7 +218,7 @@ class LocalBackend:
         # Variants started ahead whose Hydra job never came (Ctrl-C, an exception) are stopped.
         for branch, launch in list(self._launched.items()):
             launch.stop()
-            launch.outcome()
+            launch.result(_variant_outcome)
             del self._launched[branch]
         self._wait_for_analytics()
         if interrupted or sweep.dry_run or (self._unseen == 0 and self._analytics_result):
@@ -213,7 +241,7 @@ class LocalBackend:
         if following < len(branches):
             next_variant, next_settings = sweep.pending[following]
             if next_variant.branch not in self._launched:
-                self._launched[next_variant.branch] = _Launch(
+                self._launched[next_variant.branch] = _launch_variant(
                     sweep, next_variant, next_settings, lock
                 )
 
@@ -233,32 +261,20 @@ class LocalBackend:
         # Taken here, before the next variant starts, so that its measurement waits for us.
         fcntl.flock(lock, fcntl.LOCK_EX)
         config = {"tag": sweep.tag, "event": sweep.event, "planned": len(sweep.planned) or None}
-        context = _runner(
+
+        def release() -> None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+        self._analytics = _BackgroundRun(
             "sweep_analytics.py",
+            sweep.tag,
+            on_end=release,
             branch=analytics_branch(sweep.tag),
             config_value=[("config", config)],
         )
-        runner, _ = context.__enter__()
-
-        def analyse() -> None:
-            try:
-                executing = runner.run(tags=[sweep.tag])
-                self._analytics_result = {
-                    "run": executing.run.pathspec if executing.status == "successful" else None,
-                    "stderr": executing.stderr if executing.status != "successful" else "",
-                }
-            except Exception as error:  # noqa: BLE001 - reported at the end, never fatal
-                self._analytics_result = {"run": None, "stderr": str(error)}
-            finally:
-                context.__exit__(None, None, None)
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                lock.close()
-
-        self._analytics = threading.Thread(target=analyse, name="analytics", daemon=True)
-        self._analytics.start()
 
     def _wait_for_analytics(self) -> None:
         if self._analytics is not None:
-            while self._analytics.is_alive():
-                self._analytics.join(POLL_SECONDS)
+            self._analytics_result = self._analytics.result(_analytics_outcome)
             self._analytics = None
