@@ -54,6 +54,8 @@ class SweepAnalyticsFlow(FlowSpec):
         self.progress = analytics.progress_line(
             tag, len(self.results), len(self.failed), self.config.planned
         )
+        # PNG bytes, so that the sweep's report needs neither pandas nor matplotlib.
+        self.figures = report.scaling_pngs(self.results.to_dict("records"))
         report.fill_card(
             current.card["sweep"],
             tag=tag,
@@ -61,6 +63,7 @@ class SweepAnalyticsFlow(FlowSpec):
             failed=self.failed,
             running=self.running,
             planned=self.config.planned,
+            figures=self.figures,
         )
         self.next(self.end)
 

@@ -59,8 +59,16 @@ def test_choose_cores_rejects_cpu_above_allowed_cores():
 
 def test_measure_reports_consistent_figures():
     progress = []
+    called = time.time()
     result = bench.measure(32, 1, 0.05, on_progress=progress.append, progress_every=0.0)
+    returned = time.time()
     samples = result["gflops_samples"]
+    # The wall-clock window spans warm-up and timing, within the call.
+    assert called <= result["measured_from"] < result["measured_until"] <= returned
+    assert (
+        result["measured_until"] - result["measured_from"]
+        >= result["measure_seconds"] + result["warmup_seconds"]
+    )
     assert result["gflops"] == statistics.median(samples) > 0
     assert result["measure_seconds"] >= 0.05
     assert result["squarings_per_second"] * bench.flops_per_squaring(32) == pytest.approx(

@@ -104,6 +104,22 @@ def test_analytics_ran_after_each_success_and_at_the_end(finished):
     assert sorted(results["tensor_dim"]) == [32, 48]
 
 
+def test_no_analytics_card_was_drawn_while_a_variant_measured(finished):
+    tag = finished["summary"]["tag"]
+    measured = [
+        (run.data.result["measured_from"], run.data.result["measured_until"])
+        for run in runs_tagged(tag)
+        if run.successful
+    ]
+    analytics = runs_tagged(tag, "SweepAnalyticsFlow")
+    assert measured and analytics
+    for run in analytics:
+        task = run["start"].task
+        began, ended = task.created_at.timestamp(), task.finished_at.timestamp()
+        for start, end in measured:
+            assert ended <= start or began >= end, (run.pathspec, start, end)
+
+
 def test_report_lands_in_the_sweep_dir(finished):
     for name in ("report.html", "speedup.png", "efficiency.png"):
         assert (finished["dir"] / name).stat().st_size > 0

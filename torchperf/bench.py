@@ -151,6 +151,7 @@ def measure(
 
     while busy and busy():
         time.sleep(0.01)
+    measured_from = time.time()
     # The first call pays for thread start-up and allocation: it only sizes the samples.
     calls = calls_per_sample(timed(1))
     warmup_rates: list[float] = []
@@ -190,6 +191,9 @@ def measure(
         "measure_seconds": measured,
         "warmup_seconds": warmup_seconds,
         "warmup_settled": settled(warmup_rates),
+        # Wall-clock bounds (epoch seconds) of warm-up and timing: when the cores were taken.
+        "measured_from": measured_from,
+        "measured_until": time.time(),
     }
     notify(Progress("done", len(samples), measured, measure_seconds, stats["gflops"]), force=True)
     return result

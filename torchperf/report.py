@@ -6,14 +6,16 @@ module (and the flow file) stays cheap.
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from torchperf.analytics import gflops_table, progress_line
 
 CARD_ID = "sweep"
-REPORT_FILES = ("speedup.png", "efficiency.png", "report.html")
+METRICS = ("speedup", "efficiency")
+REPORT_FILES = (*(f"{metric}.png" for metric in METRICS), "report.html")
 
 
 def vega_spec(rows: Iterable[dict]) -> dict:
@@ -78,6 +80,16 @@ def scaling_figure(rows: Sequence[dict], metric: str):
     return figure
 
 
+def scaling_pngs(rows: Sequence[dict]) -> dict[str, bytes]:
+    """The speed-up and efficiency figures as PNG: drawn once for the card and the report."""
+    pngs = {}
+    for metric in METRICS:
+        buffer = io.BytesIO()
+        scaling_figure(rows, metric).savefig(buffer, format="png", dpi=100)
+        pngs[metric] = buffer.getvalue()
+    return pngs
+
+
 def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     cpus, dims, cells = gflops_table(rows)
     noisy = {(r["cpu"], r["tensor_dim"]) for r in rows if r["noisy"]}
@@ -100,8 +112,12 @@ def fill_card(
     failed: Sequence[dict] = (),
     running: Sequence[str] = (),
     planned: int | None = None,
+    figures: Mapping[str, bytes],
 ) -> None:
-    """Append the sweep's components to a blank card (``current.card[CARD_ID]``)."""
+    """Append the sweep's components to a blank card (``current.card[CARD_ID]``).
+
+    ``figures``: the PNGs of ``scaling_pngs``, shown when there are results.
+    """
     from metaflow.cards import Image, Markdown, Table, VegaChart
 
     rows = results.to_dict("records")
@@ -115,8 +131,9 @@ def fill_card(
         card.append(Markdown("## GFLOP/s (median) by cpu and tensor_dim"))
         card.append(Table(body, headers=headers))
         card.append(VegaChart(vega_spec(rows)))
-        for metric in ("speedup", "efficiency"):
-            card.append(Image.from_matplotlib(scaling_figure(rows, metric)))
+        # Image(bytes), not Image.from_matplotlib: that one imports pyplot for nothing.
+        for png in figures.values():
+            card.append(Image(png))
     noisy = [r for r in rows if r["noisy"]]
     card.append(Markdown(f"## Noisy variants ({len(noisy)}): samples spread more than 5 %"))
     if noisy:
@@ -175,8 +192,9 @@ def _local_card_html(task) -> str:
 def write_report(run, folder: str | Path) -> list[Path]:
     """Write speedup.png, efficiency.png and report.html for a SweepAnalyticsFlow run.
 
-    ``run`` is a ``metaflow.Run`` or its pathspec. The HTML is the card itself, which carries
-    its JavaScript (Vega included) and its images inline, so it opens offline.
+    ``run`` is a ``metaflow.Run`` or its pathspec. The PNGs are the run's ``figures``, the
+    HTML is its card, which carries its JavaScript (Vega included) and its images inline, so
+    it opens offline. Neither pandas nor matplotlib is imported.
     """
     from metaflow import Run, namespace
 
@@ -185,11 +203,10 @@ def write_report(run, folder: str | Path) -> list[Path]:
         run = Run(run)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = run.data.results.to_dict("records")
     written = []
-    for metric in ("speedup", "efficiency"):
+    for metric, png in run.data.figures.items():
         path = folder / f"{metric}.png"
-        scaling_figure(rows, metric).savefig(path, dpi=100)
+        path.write_bytes(png)
         written.append(path)
     path = folder / "report.html"
     path.write_text(card_html(run), encoding="utf-8")

@@ -3,10 +3,12 @@
 Only a measurement needs the cores to itself; starting processes, importing torch, rendering
 cards and the analytics flow may overlap one another. A file lock (``cores_lock``) serializes
 what must not overlap: TorchPerfFlow's measuring step holds it while it warms up and measures,
-and the sweep holds it while SweepAnalyticsFlow runs. As soon as a variant has measured, the
-sweep starts the analytics run for the previous success and the next planned variant, so that
-both overlap this variant's card render and end step, and the next measurement waits only for
-what is left of them.
+and the sweep holds it while SweepAnalyticsFlow draws its card. As soon as a variant has
+measured, the sweep starts the analytics run for the previous success and the next planned
+variant, so that both overlap this variant's card render and end step, and the next
+measurement waits only for what is left of them. What is left of the analytics run once its
+card is drawn (its end step, the runtime's exit) does not delay the next measurement either:
+it is stopped while that measurement runs and continued after it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 
 from torchperf.backends.base import Outcome, SweepSpec
 from torchperf.plan import Variant, analytics_branch
-from torchperf.quiet import lock_holders
+from torchperf.quiet import (
+    children,
+    command_has,
+    continue_processes,
+    lock_holders,
+    lock_waiters,
+    stop_tree,
+)
 from torchperf.settings import (
     ConfigError,
     VariantSettings,
@@ -137,6 +146,77 @@ def _analytics_outcome(launch: _BackgroundRun) -> dict:
     return {"run": launch.executing.run.pathspec, "stderr": ""}
 
 
+class _AnalyticsRun(_BackgroundRun):
+    """SweepAnalyticsFlow in the background, holding the cores lock until its card is drawn.
+
+    Its ``start`` step reads the runs and renders the card; once that task has ended,
+    ``hand_over`` stops the rest of the run (its end step and the runtime) and lets a waiting
+    measurement have the cores; ``resume`` continues the rest once the measurement is done.
+    """
+
+    FLOW = "sweep_analytics.py"
+
+    def __init__(self, lock: Path, tag: str, **runner_kwargs):
+        self._lock = open(lock, "a")  # noqa: SIM115 - closed by _release
+        # Taken before the next variant starts, so that its measurement waits for the card.
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock_path = lock
+        self._stopped: list[int] = []
+        self._card_task_seen = False
+        self._guard = threading.Lock()
+        super().__init__(self.FLOW, tag, on_end=self._release, **runner_kwargs)
+
+    def _release(self) -> None:
+        with self._guard:
+            if not self._lock.closed:
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+                self._lock.close()
+
+    def _runtime(self) -> int | None:
+        marker = self.FLOW.encode() + b"\0"
+        return next((pid for pid in children() if command_has(pid, marker)), None)
+
+    def card_drawn(self) -> bool:
+        """Whether the run's ``start`` task (the work and the card) has ended."""
+        runtime = self._runtime()
+        if runtime is None:
+            return False
+        tasks = children(runtime)
+        if any(command_has(pid, b"\0step\0end\0") for pid in tasks):
+            return True
+        running = any(command_has(pid, b"\0step\0start\0") for pid in tasks)
+        self._card_task_seen = self._card_task_seen or running
+        return self._card_task_seen and not running
+
+    def hand_over(self) -> None:
+        """Give the cores to a measurement waiting for them, once the card is drawn."""
+        with self._guard:
+            if self._lock.closed or self._stopped:
+                return
+            waiting = (lock_waiters(self._lock_path) or set()) - {os.getpid()}
+            if not waiting or not self.card_drawn():
+                return
+            runtime = self._runtime()
+            if runtime is not None:
+                self._stopped = stop_tree(runtime)
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def resume(self) -> None:
+        """Continue what ``hand_over`` stopped."""
+        with self._guard:
+            continue_processes(self._stopped)
+            self._stopped = []
+
+    def stop(self) -> None:
+        self.resume()
+        super().stop()
+
+    def result(self, read):
+        self.resume()  # a stopped run would never end
+        return super().result(read)
+
+
 def _launch_variant(
     sweep: SweepSpec, variant: Variant, settings: VariantSettings, lock: Path
 ) -> _BackgroundRun:
@@ -150,13 +230,16 @@ def _launch_variant(
     )
 
 
-def wait_until_measured(launch: _BackgroundRun, lock: Path) -> None:
+def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> None:
     """Return once the run's measuring step has taken and released ``lock``, or the run ended.
 
-    Where /proc/locks cannot tell, this waits for the run to end.
+    ``on_poll`` is called at every look. Where /proc/locks cannot tell, this waits for the run
+    to end.
     """
     seen = False
     while launch.running:
+        if on_poll:
+            on_poll()
         holders = lock_holders(lock)
         if holders is None:
             return
@@ -173,7 +256,7 @@ class LocalBackend:
 
     def __init__(self, name: str = "local"):
         self._launched: dict[str, _BackgroundRun] = {}
-        self._analytics: _BackgroundRun | None = None
+        self._analytics: _AnalyticsRun | None = None
         self._analytics_result: dict = {}
         # Variants that ended after the last analytics run started, and whether one of them
         # succeeded: the next analytics run is due.
@@ -196,7 +279,9 @@ class LocalBackend:
         )
         self._launched[variant.branch] = launch
         try:
-            wait_until_measured(launch, lock)
+            wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
+            if self._analytics is not None:
+                self._analytics.resume()
             # The cores are free until the next measurement: use the time.
             if self._due and sweep.live_analytics:
                 self._start_analytics(sweep)
@@ -213,6 +298,8 @@ class LocalBackend:
     def cancel(self) -> None:
         for launch in list(self._launched.values()):
             launch.stop()
+        if self._analytics is not None:
+            self._analytics.resume()
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         # Variants started ahead whose Hydra job never came (Ctrl-C, an exception) are stopped.
@@ -254,25 +341,20 @@ class LocalBackend:
         return path
 
     def _start_analytics(self, sweep: SweepSpec) -> None:
-        """Run SweepAnalyticsFlow in the background, holding the cores lock while it runs."""
+        """Run SweepAnalyticsFlow in the background; it holds the cores until its card is drawn."""
         self._wait_for_analytics()
         self._unseen, self._due = 0, False
-        lock = open(self._lock_path(sweep), "a")  # noqa: SIM115 - released by the thread
-        # Taken here, before the next variant starts, so that its measurement waits for us.
-        fcntl.flock(lock, fcntl.LOCK_EX)
         config = {"tag": sweep.tag, "event": sweep.event, "planned": len(sweep.planned) or None}
-
-        def release() -> None:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
-
-        self._analytics = _BackgroundRun(
-            "sweep_analytics.py",
+        self._analytics = _AnalyticsRun(
+            self._lock_path(sweep),
             sweep.tag,
-            on_end=release,
             branch=analytics_branch(sweep.tag),
             config_value=[("config", config)],
         )
+
+    def _hand_over_cores(self) -> None:
+        if self._analytics is not None:
+            self._analytics.hand_over()
 
     def _wait_for_analytics(self) -> None:
         if self._analytics is not None:
