@@ -10,7 +10,10 @@ the previous analytics run for the same tag had not seen (see torchperf/analytic
 import json
 import sys
 
-from metaflow import Config, FlowSpec, card, config_expr, current, project, step, trigger
+from torchperf.lifetime import long_lived
+
+with long_lived():  # every process of this flow imports Metaflow, and keeps it until exit
+    from metaflow import Config, FlowSpec, card, config_expr, current, project, step, trigger
 
 
 def parse_config(text: str) -> dict:
@@ -37,6 +40,10 @@ class SweepAnalyticsFlow(FlowSpec):
         """Read the new runs, merge them into the previous aggregate and draw the card."""
         from torchperf import analytics, report
         from torchperf.settings import ConfigError
+
+        with long_lived():
+            import matplotlib.figure  # noqa: F401
+            import pandas  # noqa: F401
 
         try:
             tag = analytics.require_tag(self.config)

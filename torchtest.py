@@ -5,7 +5,10 @@ python torchtest.py run --config-value config '{"cpu": 2, "tensor_dim": 2048}'
 python torchtest.py card server
 """
 
-from metaflow import Config, FlowSpec, card, current, project, resources, step
+from torchperf.lifetime import long_lived
+
+with long_lived():  # every process of this flow imports Metaflow, and keeps it until exit
+    from metaflow import Config, FlowSpec, card, current, project, resources, step
 
 from torchperf.settings import DEFAULT_VARIANT, parse_variant_config
 
@@ -33,7 +36,8 @@ class TorchPerfFlow(FlowSpec):
         allowed = usable_cores()
         affinity = bench.pin_to_cores(settings.cpu)
         # Imported before the lock: the import is slow and may overlap other work, not timing.
-        import torch  # noqa: F401
+        with long_lived():
+            import torch  # noqa: F401
 
         # Card renders run on the cores not measured (if any), so they do not cool the caches.
         spare = [core for core in allowed if core not in affinity] or None
