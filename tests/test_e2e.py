@@ -104,20 +104,26 @@ def test_analytics_ran_after_each_success_and_at_the_end(finished):
     assert sorted(results["tensor_dim"]) == [32, 48]
 
 
-def test_no_analytics_card_was_drawn_while_a_variant_measured(finished):
+def test_nothing_else_of_the_sweep_ran_while_a_variant_measured(finished):
+    # What may overlap a measurement: its own run, and analytics end steps (stopped meanwhile).
     tag = finished["summary"]["tag"]
+    variants = runs_tagged(tag)
+    analytics = runs_tagged(tag, "SweepAnalyticsFlow")
     measured = [
-        (run.data.result["measured_from"], run.data.result["measured_until"])
-        for run in runs_tagged(tag)
+        (run, run.data.result["measured_from"], run.data.result["measured_until"])
+        for run in variants
         if run.successful
     ]
-    analytics = runs_tagged(tag, "SweepAnalyticsFlow")
-    assert measured and analytics
-    for run in analytics:
-        task = run["start"].task
-        began, ended = task.created_at.timestamp(), task.finished_at.timestamp()
-        for start, end in measured:
-            assert ended <= start or began >= end, (run.pathspec, start, end)
+    others = [(run, task) for run in variants for step in run for task in step] + [
+        (run, run["start"].task) for run in analytics
+    ]
+    assert len(measured) == 2 and len(analytics) == 3
+    for measuring, began, ended in measured:
+        for run, task in others:
+            if run.pathspec == measuring.pathspec or task.finished_at is None:
+                continue
+            span = task.created_at.timestamp(), task.finished_at.timestamp()
+            assert span[1] <= began or span[0] >= ended, (task.pathspec, measuring.pathspec)
 
 
 def test_report_lands_in_the_sweep_dir(finished):

@@ -3,12 +3,11 @@
 Only a measurement needs the cores to itself; starting processes, importing torch, rendering
 cards and the analytics flow may overlap one another. A file lock (``cores_lock``) serializes
 what must not overlap: TorchPerfFlow's measuring step holds it while it warms up and measures,
-and the sweep holds it while SweepAnalyticsFlow draws its card. As soon as a variant has
-measured, the sweep starts the analytics run for the previous success and the next planned
-variant, so that both overlap this variant's card render and end step, and the next
-measurement waits only for what is left of them. What is left of the analytics run once its
-card is drawn (its end step, the runtime's exit) does not delay the next measurement either:
-it is stopped while that measurement runs and continued after it.
+and the sweep takes it as soon as a measurement is over. Then it starts the analytics run for
+the previous success and the next planned variant, so that both overlap this variant's card
+render and end step; it lets the next measurement have the cores once this variant has ended
+and the analytics run has drawn its card. What is left of the analytics run then (its end
+step, the runtime's exit) is stopped while that measurement runs and continued after it.
 """
 
 from __future__ import annotations
@@ -146,41 +145,65 @@ def _analytics_outcome(launch: _BackgroundRun) -> dict:
     return {"run": launch.executing.run.pathspec, "stderr": ""}
 
 
-class _AnalyticsRun(_BackgroundRun):
-    """SweepAnalyticsFlow in the background, holding the cores lock until its card is drawn.
+class _CoresHold:
+    """The sweep's own hold on the cores lock, between two measurements.
 
-    Its ``start`` step reads the runs and renders the card; once that task has ended,
-    ``hand_over`` stops the rest of the run (its end step and the runtime) and lets a waiting
-    measurement have the cores; ``resume`` continues the rest once the measurement is done.
+    Taken as soon as a measurement is over, so that the next one waits until the variant that
+    measured has ended and the analytics run has drawn its card.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def take(self) -> None:
+        if self._handle is None:
+            self._handle = open(self.path, "a")  # noqa: SIM115 - closed by release
+            fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def wanted(self) -> bool:
+        """Whether another process waits for the lock (a measurement, ready to start).
+
+        Where /proc/locks cannot tell, assume one does: holding on would only block it.
+        """
+        waiters = lock_waiters(self.path)
+        return waiters is None or bool(waiters - {os.getpid()})
+
+
+class _AnalyticsRun(_BackgroundRun):
+    """SweepAnalyticsFlow in the background, whose rest can wait once its card is drawn.
+
+    Its ``start`` step reads the runs and renders the card; its ``end`` step and the runtime's
+    exit are all that is left then: ``pause`` stops them (SIGSTOP) while a measurement runs,
+    ``resume`` continues them.
     """
 
     FLOW = "sweep_analytics.py"
 
-    def __init__(self, lock: Path, tag: str, **runner_kwargs):
-        self._lock = open(lock, "a")  # noqa: SIM115 - closed by _release
-        # Taken before the next variant starts, so that its measurement waits for the card.
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self._lock_path = lock
-        self._stopped: list[int] = []
+    def __init__(self, tag: str, **runner_kwargs):
+        self._paused: list[int] = []
         self._card_task_seen = False
-        self._guard = threading.Lock()
-        super().__init__(self.FLOW, tag, on_end=self._release, **runner_kwargs)
-
-    def _release(self) -> None:
-        with self._guard:
-            if not self._lock.closed:
-                fcntl.flock(self._lock, fcntl.LOCK_UN)
-                self._lock.close()
+        super().__init__(self.FLOW, tag, **runner_kwargs)
 
     def _runtime(self) -> int | None:
         marker = self.FLOW.encode() + b"\0"
         return next((pid for pid in children() if command_has(pid, marker)), None)
 
     def card_drawn(self) -> bool:
-        """Whether the run's ``start`` task (the work and the card) has ended."""
+        """Whether the run has ended, or its ``start`` task (the work and the card) has."""
         runtime = self._runtime()
         if runtime is None:
-            return False
+            return not self.running
         tasks = children(runtime)
         if any(command_has(pid, b"\0step\0end\0") for pid in tasks):
             return True
@@ -188,25 +211,14 @@ class _AnalyticsRun(_BackgroundRun):
         self._card_task_seen = self._card_task_seen or running
         return self._card_task_seen and not running
 
-    def hand_over(self) -> None:
-        """Give the cores to a measurement waiting for them, once the card is drawn."""
-        with self._guard:
-            if self._lock.closed or self._stopped:
-                return
-            waiting = (lock_waiters(self._lock_path) or set()) - {os.getpid()}
-            if not waiting or not self.card_drawn():
-                return
-            runtime = self._runtime()
-            if runtime is not None:
-                self._stopped = stop_tree(runtime)
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+    def pause(self) -> None:
+        runtime = self._runtime()
+        if runtime is not None and not self._paused:
+            self._paused = stop_tree(runtime)
 
     def resume(self) -> None:
-        """Continue what ``hand_over`` stopped."""
-        with self._guard:
-            continue_processes(self._stopped)
-            self._stopped = []
+        continue_processes(self._paused)
+        self._paused = []
 
     def stop(self) -> None:
         self.resume()
@@ -256,6 +268,7 @@ class LocalBackend:
 
     def __init__(self, name: str = "local"):
         self._launched: dict[str, _BackgroundRun] = {}
+        self._hold: _CoresHold | None = None
         self._analytics: _AnalyticsRun | None = None
         self._analytics_result: dict = {}
         # Variants that ended after the last analytics run started, and whether one of them
@@ -278,8 +291,10 @@ class LocalBackend:
             sweep, variant, settings, lock
         )
         self._launched[variant.branch] = launch
+        hold = self._hold = self._hold or _CoresHold(lock)
         try:
             wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
+            hold.take()
             if self._analytics is not None:
                 self._analytics.resume()
             # The cores are free until the next measurement: use the time.
@@ -300,6 +315,8 @@ class LocalBackend:
             launch.stop()
         if self._analytics is not None:
             self._analytics.resume()
+        if self._hold is not None:
+            self._hold.release()
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         # Variants started ahead whose Hydra job never came (Ctrl-C, an exception) are stopped.
@@ -307,6 +324,8 @@ class LocalBackend:
             launch.stop()
             launch.result(_variant_outcome)
             del self._launched[branch]
+        if self._hold is not None:
+            self._hold.release()
         self._wait_for_analytics()
         if interrupted or sweep.dry_run or (self._unseen == 0 and self._analytics_result):
             return self._analytics_result.get("run")
@@ -341,20 +360,29 @@ class LocalBackend:
         return path
 
     def _start_analytics(self, sweep: SweepSpec) -> None:
-        """Run SweepAnalyticsFlow in the background; it holds the cores until its card is drawn."""
+        """Run SweepAnalyticsFlow in the background."""
         self._wait_for_analytics()
         self._unseen, self._due = 0, False
         config = {"tag": sweep.tag, "event": sweep.event, "planned": len(sweep.planned) or None}
         self._analytics = _AnalyticsRun(
-            self._lock_path(sweep),
             sweep.tag,
             branch=analytics_branch(sweep.tag),
             config_value=[("config", config)],
         )
 
     def _hand_over_cores(self) -> None:
+        """Let a waiting measurement have the cores once the analytics card is drawn.
+
+        Called while the next variant starts up; the variant before it has ended by then.
+        """
+        hold = self._hold
+        if hold is None or not hold.held or not hold.wanted():
+            return
         if self._analytics is not None:
-            self._analytics.hand_over()
+            if not self._analytics.card_drawn():
+                return
+            self._analytics.pause()
+        hold.release()
 
     def _wait_for_analytics(self) -> None:
         if self._analytics is not None:
