@@ -51,7 +51,9 @@ class SweepAnalyticsFlow(FlowSpec):
             # One line for the user instead of a traceback; the task still counts as failed.
             sys.exit(f"error: {error}")
         previous = analytics.previous_rows(tag, current.run_id)
-        seen = analytics.collect(tag, previous, wait_seconds=self.config.wait_seconds)
+        seen = analytics.collect(
+            tag, previous, wait_seconds=self.config.wait_seconds, wait_for=self.config.wait_for
+        )
         self.rows = seen.rows
         self.failed = seen.failed
         self.running = seen.running

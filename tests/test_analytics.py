@@ -148,3 +148,15 @@ def test_run_status_tells_running_from_failed():
     # Still running: no task has finished, or the finished ones succeeded.
     assert analytics.run_status(FakeRun(attempts=[None])) == analytics.RUNNING
     assert analytics.run_status(FakeRun(attempts=["True", None])) == analytics.RUNNING
+
+
+class TaggedRun:
+    def __init__(self, *system_tags):
+        self.system_tags = frozenset(system_tags)
+
+
+def test_on_branch_reads_the_project_branch_whatever_its_prefix():
+    run = TaggedRun("user:me", "project:torchperf", "project_branch:test.sweep_x_c1_n64")
+    assert analytics.on_branch(run, {"sweep_x_c1_n64"})
+    assert not analytics.on_branch(run, {"sweep_x_c1_n32"})
+    assert not analytics.on_branch(TaggedRun("user:me"), {"sweep_x_c1_n64"})

@@ -94,7 +94,7 @@ def test_runs_carry_the_tag_and_their_branch(finished):
 def test_analytics_ran_after_each_success_and_at_the_end(finished):
     summary = finished["summary"]
     analytics = runs_tagged(summary["tag"], "SweepAnalyticsFlow")
-    # Two live runs (one per success) and the final one.
+    # Two live runs (one per success) and the final one, for the failure that came last.
     assert len(analytics) == 3 and all(run.successful for run in analytics)
     final = [run for run in analytics if run.pathspec == summary["analytics_run"]]
     assert (
@@ -102,6 +102,12 @@ def test_analytics_ran_after_each_success_and_at_the_end(finished):
     )
     results = final[0].data.results
     assert sorted(results["tensor_dim"]) == [32, 48]
+
+
+def test_each_live_card_shows_the_variant_that_just_measured(finished):
+    summary = finished["summary"]
+    live = sorted(runs_tagged(summary["tag"], "SweepAnalyticsFlow"), key=lambda run: run.id)[:2]
+    assert [sorted(run.data.results["tensor_dim"]) for run in live] == [[32], [32, 48]]
 
 
 def test_nothing_else_of_the_sweep_ran_while_a_variant_measured(finished):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from torchperf.plan import check_tag, event_name
@@ -34,6 +34,7 @@ ANALYTICS_DEFAULTS = {
     "event": None,  # the event that triggers the flow on Argo; derived from the tag when null
     "planned": None,  # how many variants the sweep plans, when known
     "wait_seconds": DEFAULT_WAIT_SECONDS,  # wait at most this long for variants in their end step
+    "wait_for": [],  # @project branches of variants that have measured: wait for them as well
 }
 
 
@@ -159,6 +160,14 @@ def in_end_step(run) -> bool:
     return run.end_task is not None
 
 
+def on_branch(run, branches: Collection[str]) -> bool:
+    """Whether the run ran in one of these @project branches (``test.<branch>`` and the like)."""
+    for system_tag in run.system_tags:
+        if system_tag.startswith("project_branch:"):
+            return system_tag.split(".", 1)[-1] in branches
+    return False
+
+
 @dataclass
 class Collected:
     """What one aggregation saw: every successful row so far, and the unfinished runs."""
@@ -186,14 +195,16 @@ def collect(
     previous: Mapping[str, dict],
     *,
     wait_seconds: float = 0.0,
-    poll_seconds: float = 0.5,
+    wait_for: Collection[str] = (),
+    poll_seconds: float = 0.2,
     flow_name: str = "TorchPerfFlow",
 ) -> Collected:
     """Read the tag's runs not in ``previous`` (in any branch) and merge the successful ones.
 
     Listing the tag's runs reads one small metadata file per run; only unseen runs have
-    their status checked and their artifacts loaded. Runs already in their end step are waited
-    for up to ``wait_seconds``; other unfinished runs are left for the next aggregation.
+    their status checked and their artifacts loaded. Runs already in their end step, and runs
+    in the branches ``wait_for`` (variants known to have measured), are waited for up to
+    ``wait_seconds``; other unfinished runs are left for the next aggregation.
     """
     from metaflow import Flow, namespace
     from metaflow.exception import MetaflowNotFound
@@ -218,7 +229,7 @@ def collect(
                 new.append(row_from_run(run.pathspec, data.config, data.result, created))
             elif status == FAILED:
                 failed.append(_failed_row(run))
-            elif in_end_step(run) and time.monotonic() < deadline:
+            elif (in_end_step(run) or on_branch(run, wait_for)) and time.monotonic() < deadline:
                 waiting.append(run)
             else:
                 running.append(run.pathspec)

@@ -242,11 +242,12 @@ def _launch_variant(
     )
 
 
-def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> None:
-    """Return once the run's measuring step has taken and released ``lock``, or the run ended.
+def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> bool:
+    """Wait until the run's measuring step has taken and released ``lock`` (True), or the run
+    has ended without being seen to (False).
 
-    ``on_poll`` is called at every look. Where /proc/locks cannot tell, this waits for the run
-    to end.
+    ``on_poll`` is called at every look. Where /proc/locks cannot tell, this returns False at
+    once.
     """
     seen = False
     while launch.running:
@@ -254,13 +255,14 @@ def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> Non
             on_poll()
         holders = lock_holders(lock)
         if holders is None:
-            return
+            return False
         others = holders - {os.getpid()}
         if others:
             seen = True
         elif seen:
-            return
+            return True
         time.sleep(POLL_SECONDS)
+    return False
 
 
 class LocalBackend:
@@ -271,10 +273,9 @@ class LocalBackend:
         self._hold: _CoresHold | None = None
         self._analytics: _AnalyticsRun | None = None
         self._analytics_result: dict = {}
-        # Variants that ended after the last analytics run started, and whether one of them
-        # succeeded: the next analytics run is due.
+        # Variants that ended without an analytics run waiting for them (those that failed
+        # before measuring): the final analytics run is due for them.
         self._unseen = 0
-        self._due = False
 
     # -- the Backend interface -------------------------------------------------------------
     def preflight(self, sweep: SweepSpec) -> None:
@@ -293,21 +294,21 @@ class LocalBackend:
         self._launched[variant.branch] = launch
         hold = self._hold = self._hold or _CoresHold(lock)
         try:
-            wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
+            measured = wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
             hold.take()
             if self._analytics is not None:
                 self._analytics.resume()
-            # The cores are free until the next measurement: use the time.
-            if self._due and sweep.live_analytics:
-                self._start_analytics(sweep)
+            # The cores are free until the next measurement: use the time. The analytics run
+            # waits for this variant's run to end, so that its card shows this variant.
             self._start_next(sweep, variant, lock)
+            if measured and sweep.live_analytics:
+                self._start_analytics(sweep, wait_for=[variant.branch])
             outcome = launch.result(_variant_outcome)
         except BaseException:
             launch.stop()  # and finish() collects it
             raise
         self._launched.pop(variant.branch, None)
-        self._unseen += 1
-        self._due = self._due or outcome.status == "succeeded"
+        self._unseen += 0 if measured and sweep.live_analytics else 1
         return outcome
 
     def cancel(self) -> None:
@@ -327,7 +328,7 @@ class LocalBackend:
         if self._hold is not None:
             self._hold.release()
         self._wait_for_analytics()
-        if interrupted or sweep.dry_run or (self._unseen == 0 and self._analytics_result):
+        if interrupted or sweep.dry_run or (self._unseen == 0 and self._analytics_saw_all()):
             return self._analytics_result.get("run")
         self._start_analytics(sweep)
         self._wait_for_analytics()
@@ -359,11 +360,16 @@ class LocalBackend:
         path.touch()
         return path
 
-    def _start_analytics(self, sweep: SweepSpec) -> None:
-        """Run SweepAnalyticsFlow in the background."""
+    def _start_analytics(self, sweep: SweepSpec, wait_for: list[str] = ()) -> None:
+        """Run SweepAnalyticsFlow in the background, waiting for the runs on ``wait_for``."""
         self._wait_for_analytics()
-        self._unseen, self._due = 0, False
-        config = {"tag": sweep.tag, "event": sweep.event, "planned": len(sweep.planned) or None}
+        self._unseen = 0
+        config = {
+            "tag": sweep.tag,
+            "event": sweep.event,
+            "planned": len(sweep.planned) or None,
+            "wait_for": list(wait_for),
+        }
         self._analytics = _AnalyticsRun(
             sweep.tag,
             branch=analytics_branch(sweep.tag),
@@ -383,6 +389,15 @@ class LocalBackend:
                 return
             self._analytics.pause()
         hold.release()
+
+    def _analytics_saw_all(self) -> bool:
+        """Whether the last analytics run succeeded and left no variant run for later."""
+        if not self._analytics_result.get("run"):
+            return False
+        from metaflow import Run, namespace
+
+        namespace(None)
+        return not Run(self._analytics_result["run"]).data.running
 
     def _wait_for_analytics(self) -> None:
         if self._analytics is not None:
