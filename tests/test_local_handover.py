@@ -47,18 +47,21 @@ def held(tmp_path):
     waiter.wait(timeout=10)
 
 
-def test_the_cores_wait_for_the_analytics_card(held):
+def test_the_cores_wait_for_the_newest_analytics_card(held):
     backend, lock = held
-    backend._analytics = FakeAnalytics(drawn=False)
+    # The run before has drawn its card (its end step goes on); the newest has not yet.
+    backend._analytics = [FakeAnalytics(drawn=True), FakeAnalytics(drawn=False)]
     backend._hand_over_cores()
-    assert backend._hold.held and not backend._analytics.paused
+    assert backend._hold.held
+    assert not any(analytics.paused for analytics in backend._analytics)
 
 
-def test_once_the_card_is_drawn_the_rest_is_paused_and_the_cores_handed_over(held):
+def test_once_the_cards_are_drawn_the_rest_is_paused_and_the_cores_handed_over(held):
     backend, lock = held
-    backend._analytics = FakeAnalytics(drawn=True)
+    backend._analytics = [FakeAnalytics(drawn=True), FakeAnalytics(drawn=True)]
     backend._hand_over_cores()
-    assert not backend._hold.held and backend._analytics.paused
+    assert not backend._hold.held
+    assert all(analytics.paused for analytics in backend._analytics)
     assert os.getpid() not in (lock_holders(lock) or set())
 
 
@@ -75,9 +78,9 @@ def test_the_hold_stays_while_nobody_waits(tmp_path):
     backend._hold = _CoresHold(lock)
     backend._hold.take()
     try:
-        backend._analytics = FakeAnalytics(drawn=True)
+        backend._analytics = [FakeAnalytics(drawn=True)]
         backend._hand_over_cores()
         # Nothing to hand over to: the analytics run goes on, unpaused.
-        assert backend._hold.held and not backend._analytics.paused
+        assert backend._hold.held and not backend._analytics[0].paused
     finally:
         backend._hold.release()

@@ -252,7 +252,10 @@ def collect(
 
 
 def previous_rows(tag: str, current_run_id: str | None, flow_name: str = "SweepAnalyticsFlow"):
-    """The rows of the latest successful analytics run for ``tag``, or {} (the first run)."""
+    """The rows of the latest analytics run for ``tag`` whose ``start`` step succeeded, or {}.
+
+    The rows are saved by ``start``: a run whose end step has not finished yet counts.
+    """
     from metaflow import Flow, namespace
     from metaflow.exception import MetaflowNotFound
 
@@ -260,8 +263,11 @@ def previous_rows(tag: str, current_run_id: str | None, flow_name: str = "SweepA
     try:
         runs = Flow(flow_name).runs(tag)
         for run in runs:  # newest first
-            if run.id != current_run_id and run.successful:
-                return dict(run.data.rows)
+            if run.id == current_run_id or "start" not in run:
+                continue
+            start = run["start"].task
+            if start is not None and start.successful:
+                return dict(start.data.rows)
     except MetaflowNotFound:
         pass
     return {}

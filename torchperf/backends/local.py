@@ -190,14 +190,19 @@ class _AnalyticsRun(_BackgroundRun):
 
     FLOW = "sweep_analytics.py"
 
-    def __init__(self, tag: str, **runner_kwargs):
+    def __init__(self, tag: str, wait_for: list[str], **runner_kwargs):
         self._paused: list[int] = []
         self._card_task_seen = False
+        # How to tell this run's runtime among our children: two analytics runs may overlap
+        # (the end of one, the start of the next), but they wait for different variants.
+        self._markers = [self.FLOW.encode() + b"\0", *(f'"{b}"'.encode() for b in wait_for)]
         super().__init__(self.FLOW, tag, **runner_kwargs)
 
     def _runtime(self) -> int | None:
-        marker = self.FLOW.encode() + b"\0"
-        return next((pid for pid in children() if command_has(pid, marker)), None)
+        for pid in children():
+            if all(command_has(pid, marker) for marker in self._markers):
+                return pid
+        return None
 
     def card_drawn(self) -> bool:
         """Whether the run has ended, or its ``start`` task (the work and the card) has."""
@@ -271,7 +276,8 @@ class LocalBackend:
     def __init__(self, name: str = "local"):
         self._launched: dict[str, _BackgroundRun] = {}
         self._hold: _CoresHold | None = None
-        self._analytics: _AnalyticsRun | None = None
+        # Alive analytics runs, oldest first: the newest may start while the one before ends.
+        self._analytics: list[_AnalyticsRun] = []
         self._analytics_result: dict = {}
         # Variants that ended without an analytics run waiting for them (those that failed
         # before measuring): the final analytics run is due for them.
@@ -296,8 +302,8 @@ class LocalBackend:
         try:
             measured = wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
             hold.take()
-            if self._analytics is not None:
-                self._analytics.resume()
+            for analytics in self._analytics:
+                analytics.resume()
             # The cores are free until the next measurement: use the time. The analytics run
             # waits for this variant's run to end, so that its card shows this variant.
             self._start_next(sweep, variant, lock)
@@ -314,8 +320,8 @@ class LocalBackend:
     def cancel(self) -> None:
         for launch in list(self._launched.values()):
             launch.stop()
-        if self._analytics is not None:
-            self._analytics.resume()
+        for analytics in self._analytics:
+            analytics.resume()
         if self._hold is not None:
             self._hold.release()
 
@@ -361,8 +367,14 @@ class LocalBackend:
         return path
 
     def _start_analytics(self, sweep: SweepSpec, wait_for: list[str] = ()) -> None:
-        """Run SweepAnalyticsFlow in the background, waiting for the runs on ``wait_for``."""
-        self._wait_for_analytics()
+        """Run SweepAnalyticsFlow in the background, waiting for the runs on ``wait_for``.
+
+        The run before may still be ending: it is not waited for (the new run starts from the
+        aggregate of the latest run whose card is drawn).
+        """
+        for ended in [run for run in self._analytics if not run.running]:
+            self._analytics_result = ended.result(_analytics_outcome)
+            self._analytics.remove(ended)
         self._unseen = 0
         config = {
             "tag": sweep.tag,
@@ -370,24 +382,28 @@ class LocalBackend:
             "planned": len(sweep.planned) or None,
             "wait_for": list(wait_for),
         }
-        self._analytics = _AnalyticsRun(
-            sweep.tag,
-            branch=analytics_branch(sweep.tag),
-            config_value=[("config", config)],
+        self._analytics.append(
+            _AnalyticsRun(
+                sweep.tag,
+                list(wait_for),
+                branch=analytics_branch(sweep.tag),
+                config_value=[("config", config)],
+            )
         )
 
     def _hand_over_cores(self) -> None:
         """Let a waiting measurement have the cores once the analytics card is drawn.
 
         Called while the next variant starts up; the variant before it has ended by then.
+        What is left of the analytics runs (end steps) is paused until the measurement is over.
         """
         hold = self._hold
         if hold is None or not hold.held or not hold.wanted():
             return
-        if self._analytics is not None:
-            if not self._analytics.card_drawn():
-                return
-            self._analytics.pause()
+        if not all(analytics.card_drawn() for analytics in self._analytics):
+            return
+        for analytics in self._analytics:
+            analytics.pause()
         hold.release()
 
     def _analytics_saw_all(self) -> bool:
@@ -400,6 +416,5 @@ class LocalBackend:
         return not Run(self._analytics_result["run"]).data.running
 
     def _wait_for_analytics(self) -> None:
-        if self._analytics is not None:
-            self._analytics_result = self._analytics.result(_analytics_outcome)
-            self._analytics = None
+        while self._analytics:
+            self._analytics_result = self._analytics.pop(0).result(_analytics_outcome)
