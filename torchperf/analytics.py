@@ -196,7 +196,7 @@ def collect(
     *,
     wait_seconds: float = 0.0,
     wait_for: Collection[str] = (),
-    poll_seconds: float = 0.2,
+    poll_seconds: float = 0.05,
     flow_name: str = "TorchPerfFlow",
 ) -> Collected:
     """Read the tag's runs not in ``previous`` (in any branch) and merge the successful ones.

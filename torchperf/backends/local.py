@@ -305,10 +305,11 @@ class LocalBackend:
             for analytics in self._analytics:
                 analytics.resume()
             # The cores are free until the next measurement: use the time. The analytics run
-            # waits for this variant's run to end, so that its card shows this variant.
-            self._start_next(sweep, variant, lock)
+            # (first: the next measurement waits for its card) waits for this variant's run to
+            # end, so that its card shows this variant.
             if measured and sweep.live_analytics:
                 self._start_analytics(sweep, wait_for=[variant.branch])
+            self._start_next(sweep, variant, lock)
             outcome = launch.result(_variant_outcome)
         except BaseException:
             launch.stop()  # and finish() collects it
