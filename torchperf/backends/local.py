@@ -4,10 +4,11 @@ Only a measurement needs the cores to itself; starting processes, importing torc
 cards and the analytics flow may overlap one another. A file lock (``cores_lock``) serializes
 what must not overlap: TorchPerfFlow's measuring step holds it while it warms up and measures,
 and the sweep takes it as soon as a measurement is over. Then it starts the analytics run for
-the previous success and the next planned variant, so that both overlap this variant's card
-render and end step; it lets the next measurement have the cores once this variant has ended
-and the analytics run has drawn its card. What is left of the analytics run then (its end
-step, the runtime's exit) is stopped while that measurement runs and continued after it.
+this variant (which waits for the variant's run to end) and the next planned variant, so that
+both overlap this variant's card render and end step; it lets the next measurement have the
+cores once this variant has ended and the analytics run has drawn its card. What is left of
+the analytics run then (its end step, the runtime's exit) is stopped while that measurement
+runs and continued after it.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> boo
 
 
 class LocalBackend:
-    """Variants run one after another on this machine; analytics follow every success."""
+    """Variants run one after another on this machine; an analytics run follows each measurement."""
 
     def __init__(self, name: str = "local"):
         self._launched: dict[str, _BackgroundRun] = {}
