@@ -38,6 +38,7 @@ class TorchPerfFlow(FlowSpec):
         # Imported before the lock: the import is slow and may overlap other work, not timing.
         with long_lived():
             import torch  # noqa: F401
+        bench.require_device(settings.device)
 
         # Card renders run on the cores not measured (if any), so they do not cool the caches.
         spare = [core for core in allowed if core not in affinity] or None

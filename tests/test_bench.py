@@ -94,3 +94,13 @@ def test_measure_times_nothing_while_background_work_runs():
     result = bench.measure(16, 1, 0.05, on_progress=progress.append, progress_every=0.0, busy=busy)
     # THEN it waited before warming up, and kept checking after the first progress call
     assert len(checks) >= 7 and progress and result["gflops"] > 0
+
+
+def test_a_missing_cuda_device_fails_at_once():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(RuntimeError, match="device=cuda but torch sees no CUDA device"):
+        bench.require_device("cuda")
+    bench.require_device("cpu")

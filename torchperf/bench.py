@@ -88,6 +88,14 @@ def pin_to_cores(cpu: int) -> list[int]:
     return cores
 
 
+def require_device(device: str) -> None:
+    """Fail at once where the device to measure is missing (before taking any cores)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+
+
 @dataclass
 class Progress:
     """What a live display needs while the benchmark runs."""
@@ -122,8 +130,7 @@ def measure(
 
     # Before any tensor work, so that the thread pool is created with this many threads.
     torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    require_device(device)
     generator = torch.Generator().manual_seed(0)
     matrix = torch.rand(tensor_dim, tensor_dim, generator=generator).to(device)
     product = torch.empty_like(matrix)

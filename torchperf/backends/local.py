@@ -316,7 +316,13 @@ class LocalBackend:
             launch.stop()  # and finish() collects it
             raise
         self._launched.pop(variant.branch, None)
-        self._unseen += 0 if measured and sweep.live_analytics else 1
+        if measured and sweep.live_analytics:
+            return outcome
+        self._unseen += 1
+        if outcome.status == "succeeded" and sweep.live_analytics:
+            # Its measurement went unseen (too short for the polls, or no /proc/locks): the
+            # analytics run comes after the variant's end instead.
+            self._start_analytics(sweep)
         return outcome
 
     def cancel(self) -> None:
