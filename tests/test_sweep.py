@@ -140,3 +140,23 @@ def test_local_backend_refuses_cpu_above_usable_cores(open_sweep):
     cores = len(usable_cores())
     with pytest.raises(ConfigError, match=f"cpu={cores + 1} exceeds"):
         open_sweep(LocalBackend(), jobs=[{"cpu": cores + 1, "tensor_dim": 32}])
+
+
+@pytest.mark.flow
+def test_local_backend_works_where_locks_cannot_be_seen(open_sweep, tmp_path, monkeypatch):
+    # GIVEN no /proc/locks to tell when a measurement is over (another OS, a locked-down /proc)
+    from torchperf.backends import local
+
+    monkeypatch.setattr(local, "lock_holders", lambda path: None)
+    monkeypatch.setattr(local, "lock_waiters", lambda path: None)
+    tiny = [{"cpu": 1, "tensor_dim": 32}, {"cpu": 1, "tensor_dim": 48}]
+    sweep = open_sweep(LocalBackend(), "measure_seconds=0.1", jobs=tiny)
+    # THEN the variants still run one after the other, each followed by its analytics run
+    returned = [sweep.run_job(job) for job in tiny]
+    assert sweep.close() == 0
+    assert all(value > 0 for value in returned)
+    from metaflow import Run, namespace
+
+    namespace(None)
+    final = Run(summary(tmp_path)["analytics_run"])
+    assert sorted(final.data.results["tensor_dim"]) == [32, 48]

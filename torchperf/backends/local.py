@@ -250,23 +250,20 @@ def _launch_variant(
 
 def wait_until_measured(launch: _BackgroundRun, lock: Path, on_poll=None) -> bool:
     """Wait until the run's measuring step has taken and released ``lock`` (True), or the run
-    has ended without being seen to (False).
+    has ended without being seen to (False; always so where /proc/locks cannot tell).
 
-    ``on_poll`` is called at every look. Where /proc/locks cannot tell, this returns False at
-    once.
+    ``on_poll`` is called at every look.
     """
     seen = False
     while launch.running:
         if on_poll:
             on_poll()
         holders = lock_holders(lock)
-        if holders is None:
-            return False
-        others = holders - {os.getpid()}
-        if others:
-            seen = True
-        elif seen:
-            return True
+        if holders is not None:
+            if holders - {os.getpid()}:
+                seen = True
+            elif seen:
+                return True
         time.sleep(POLL_SECONDS)
     return False
 
@@ -322,7 +319,7 @@ class LocalBackend:
         if outcome.status == "succeeded" and sweep.live_analytics:
             # Its measurement went unseen (too short for the polls, or no /proc/locks): the
             # analytics run comes after the variant's end instead.
-            self._start_analytics(sweep)
+            self._start_analytics(sweep, wait_for=[variant.branch])
         return outcome
 
     def cancel(self) -> None:
@@ -378,7 +375,8 @@ class LocalBackend:
         """Run SweepAnalyticsFlow in the background, waiting for the runs on ``wait_for``.
 
         The run before may still be ending: it is not waited for (the new run starts from the
-        aggregate of the latest run whose card is drawn).
+        aggregate of the latest run whose card is drawn). Runs alive together must differ in
+        ``wait_for``, which tells their processes apart; only the final run has none.
         """
         for ended in [run for run in self._analytics if not run.running]:
             self._analytics_result = ended.result(_analytics_outcome)
