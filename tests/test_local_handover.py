@@ -30,14 +30,20 @@ class FakeAnalytics:
         self.paused = True
 
 
-@pytest.fixture
-def held(tmp_path):
-    """A backend whose hold on the cores is taken, and a measurement waiting for them."""
+def holding_backend(tmp_path):
+    """A backend whose hold on the cores lock is taken, and the lock's path."""
     lock = tmp_path / "cores.lock"
     lock.touch()
     backend = LocalBackend()
     backend._hold = _CoresHold(lock)
     backend._hold.take()
+    return backend, lock
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A backend whose hold on the cores is taken, and a measurement waiting for them."""
+    backend, lock = holding_backend(tmp_path)
     waiter = subprocess.Popen([sys.executable, "-c", WAIT_FOR_LOCK, str(lock)])
     deadline = time.monotonic() + 10
     while waiter.pid not in (lock_waiters(lock) or set()) and time.monotonic() < deadline:
@@ -72,11 +78,7 @@ def test_without_analytics_the_cores_go_to_the_waiting_measurement(held):
 
 
 def test_the_hold_stays_while_nobody_waits(tmp_path):
-    lock = tmp_path / "cores.lock"
-    lock.touch()
-    backend = LocalBackend()
-    backend._hold = _CoresHold(lock)
-    backend._hold.take()
+    backend, _ = holding_backend(tmp_path)
     try:
         backend._analytics = [FakeAnalytics(drawn=True)]
         backend._hand_over_cores()

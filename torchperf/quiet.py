@@ -52,7 +52,8 @@ def command_has(pid: int, marker: bytes) -> bool:
         return False
 
 
-def _running_children(marker: bytes, pid: int | str = "self") -> list[int]:
+def running_children(marker: bytes, pid: int | str = "self") -> list[int]:
+    """The children of ``pid`` still running whose command line contains ``marker``."""
     return [
         child
         for child in children(pid)
@@ -67,7 +68,7 @@ CARD_RENDER = b"\0card\0create\0"
 
 def card_renders_running() -> bool:
     """Whether a card render started by this process still runs."""
-    return os.path.isdir("/proc/self/task") and bool(_running_children(CARD_RENDER))
+    return os.path.isdir("/proc/self/task") and bool(running_children(CARD_RENDER))
 
 
 @contextlib.contextmanager

@@ -25,11 +25,11 @@ from pathlib import Path
 from torchperf.backends.base import Outcome, SweepSpec
 from torchperf.plan import Variant, analytics_branch
 from torchperf.quiet import (
-    children,
     command_has,
     continue_processes,
     lock_holders,
     lock_waiters,
+    running_children,
     stop_tree,
 )
 from torchperf.settings import (
@@ -70,11 +70,11 @@ def _runner(flow: str, **kwargs):
 class _BackgroundRun:
     """A Metaflow run going on in a thread, stopped at its timeout (if any).
 
-    Built in the main thread (see ``_runner``); ``on_end`` runs in the thread once the run has
-    ended, ``result`` waits for it and reads it before the Runner's files are cleaned up.
+    Built in the main thread (see ``_runner``); ``result`` waits for the run to end and reads
+    it before the Runner's files are cleaned up.
     """
 
-    def __init__(self, flow: str, tag: str, timeout=None, on_end=None, **runner_kwargs):
+    def __init__(self, flow: str, tag: str, timeout=None, **runner_kwargs):
         self._stack = contextlib.ExitStack()
         runner, self._kill = self._stack.enter_context(_runner(flow, **runner_kwargs))
         self.timeout = timeout
@@ -83,7 +83,6 @@ class _BackgroundRun:
         # A pending timeout must never keep the sweep's process alive at exit.
         self._timer.daemon = True
         self.executing = self.error = None
-        self._on_end = on_end
         self._thread = threading.Thread(target=self._run, args=(runner, tag), daemon=True)
         if timeout:
             self._timer.start()
@@ -94,9 +93,6 @@ class _BackgroundRun:
             self.executing = runner.run(tags=[tag])
         except Exception as error:  # noqa: BLE001 - reported as the run's failure
             self.error = error
-        finally:
-            if self._on_end:
-                self._on_end()
 
     def _time_out(self) -> None:
         self.timed_out.set()
@@ -200,8 +196,9 @@ class _AnalyticsRun(_BackgroundRun):
         super().__init__(self.FLOW, tag, **runner_kwargs)
 
     def _runtime(self) -> int | None:
-        for pid in children():
-            if all(command_has(pid, marker) for marker in self._markers):
+        flow, *waited = self._markers
+        for pid in running_children(flow):
+            if all(command_has(pid, marker) for marker in waited):
                 return pid
         return None
 
@@ -210,10 +207,9 @@ class _AnalyticsRun(_BackgroundRun):
         runtime = self._runtime()
         if runtime is None:
             return not self.running
-        tasks = children(runtime)
-        if any(command_has(pid, b"\0step\0end\0") for pid in tasks):
+        if running_children(b"\0step\0end\0", runtime):
             return True
-        running = any(command_has(pid, b"\0step\0start\0") for pid in tasks)
+        running = bool(running_children(b"\0step\0start\0", runtime))
         self._card_task_seen = self._card_task_seen or running
         return self._card_task_seen and not running
 
@@ -299,13 +295,14 @@ class LocalBackend:
         hold = self._hold = self._hold or _CoresHold(lock)
         try:
             measured = wait_until_measured(launch, lock, on_poll=self._hand_over_cores)
+            # An analytics run started now waits for this variant: its card will show it.
+            covered = measured and sweep.live_analytics
             hold.take()
             for analytics in self._analytics:
                 analytics.resume()
             # The cores are free until the next measurement: use the time. The analytics run
-            # (first: the next measurement waits for its card) waits for this variant's run to
-            # end, so that its card shows this variant.
-            if measured and sweep.live_analytics:
+            # goes first: the next measurement waits for its card.
+            if covered:
                 self._start_analytics(sweep, wait_for=[variant.branch])
             self._start_next(sweep, variant, lock)
             outcome = launch.result(_variant_outcome)
@@ -313,7 +310,7 @@ class LocalBackend:
             launch.stop()  # and finish() collects it
             raise
         self._launched.pop(variant.branch, None)
-        if measured and sweep.live_analytics:
+        if covered:
             return outcome
         self._unseen += 1
         if outcome.status == "succeeded" and sweep.live_analytics:
