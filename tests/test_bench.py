@@ -81,6 +81,17 @@ def test_measure_reports_consistent_figures():
     assert {p.phase for p in progress} >= {"measuring", "done"}
 
 
+def test_no_progress_call_in_the_last_interval_of_the_budget():
+    # GIVEN progress asked for every 20 ms of a 100 ms budget
+    progress = []
+    result = bench.measure(16, 1, 0.1, on_progress=progress.append, progress_every=0.02)
+    measuring = [p for p in progress if p.phase == "measuring"]
+    # THEN it was reported while measuring, but never with less than 20 ms of budget left
+    assert measuring and result["measure_seconds"] >= 0.1
+    assert all(p.budget_seconds - p.measured_seconds > 0.02 for p in measuring)
+    assert progress[-1].phase == "done"
+
+
 def test_measure_times_nothing_while_background_work_runs():
     # GIVEN background work that runs for the first three checks, and again after a progress call
     checks = []

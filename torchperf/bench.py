@@ -121,7 +121,7 @@ def measure(
 
     ``on_progress`` is called between samples, never inside one, and the time it takes is not
     measured; it is called at most every ``progress_every`` seconds of each phase (warm-up,
-    measuring) and once at the end.
+    measuring, but not in the last ``progress_every`` seconds of the budget) and once at the end.
     ``busy`` says whether background work of ours (a card render) still runs: timing starts
     only once it is done, and while it runs after a progress call the benchmark keeps its cores
     warm with untimed squarings instead of letting them idle (an idle core comes back slower).
@@ -178,12 +178,15 @@ def measure(
         measured += seconds
         samples.append(gflops(tensor_dim, calls, seconds))
         if measured >= measure_seconds:
-            break  # the final figure follows at once: a render now would only cost time
-        notify(
-            Progress(
-                "measuring", len(samples), measured, measure_seconds, statistics.median(samples)
+            break
+        # Within the last interval the final figure is due anyway: a render would only cost time
+        # (it came in most short measurements, as the clock runs ahead of the timed seconds).
+        if measure_seconds - measured > progress_every:
+            notify(
+                Progress(
+                    "measuring", len(samples), measured, measure_seconds, statistics.median(samples)
+                )
             )
-        )
     stats = summarize(samples)
     result = {
         **stats,
