@@ -34,7 +34,8 @@ class SweepAnalyticsFlow(FlowSpec):
 
     config = Config("config", default_value={"tag": None}, parser=parse_config)
 
-    @card(type="blank", id="sweep")
+    # A blank card that Metaflow renders once, not twice (metaflow_extensions/torchperf/).
+    @card(type="torchperf_sweep", id="sweep")
     @step
     def start(self):
         """Read the new runs, merge them into the previous aggregate and draw the card."""

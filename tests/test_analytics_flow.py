@@ -113,3 +113,27 @@ def test_write_report_writes_pngs_and_one_html(analytics_runs, tmp_path):
     for path in written:
         assert path.stat().st_size > 1000, path
     assert (tmp_path / "speedup.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_card_is_drawn_once_without_live_view_data(analytics_runs):
+    from metaflow.cards import get_cards
+
+    (card,) = get_cards(analytics_runs[1]["start"].task, id="sweep")
+    assert card.type == "torchperf_sweep"
+    # A runtime-updatable card gets a second process at task end, which writes this data.
+    assert card.get_data() is None
+
+
+def test_the_card_type_ships_in_the_code_package():
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, str(ROOT / "sweep_analytics.py"), "--no-pylint", "package", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # Metaflow prints the list there
+        text=True,
+        check=True,
+    ).stdout
+    card_type = ROOT / "metaflow_extensions/torchperf/plugins/cards/sweep_card/__init__.py"
+    assert str(card_type) in listed.splitlines()
