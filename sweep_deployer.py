@@ -41,4 +41,6 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit(sweep.interrupt())
+    finally:
+        sweep.abandon()  # Hydra exited on an error of its own: stop what the sweep started
     sys.exit(sweep.last_exit_status())

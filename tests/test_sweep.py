@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 
@@ -27,6 +28,9 @@ class FakeBackend:
         self.calls.append(("preflight", len(spec.planned)))
         if self.preflight_error:
             raise ConfigError(self.preflight_error)
+
+    def start(self, spec):
+        self.calls.append(("start", len(spec.pending)))
 
     def run_variant(self, spec, variant, settings):
         self.calls.append(("run", variant.cpu, variant.tensor_dim))
@@ -86,6 +90,26 @@ def test_preflight_failure_runs_nothing(open_sweep, tmp_path):
     with pytest.raises(ConfigError, match="cpu=9"):
         open_sweep(backend)
     assert backend.calls == [("preflight", 3)]
+
+
+def test_the_backend_starts_once_everything_is_checked(open_sweep):
+    backend = FakeBackend()
+    open_sweep(backend)
+    assert backend.calls == [("preflight", 3), ("start", 3)]
+
+
+def test_a_sweep_that_hydra_leaves_open_is_closed_as_interrupted(open_sweep, tmp_path):
+    # GIVEN a sweep whose Hydra run failed before its second job
+    backend = FakeBackend()
+    open_sweep(backend).run_job(JOBS[0])
+    # WHEN the entry point abandons it
+    sweep_module.abandon()
+    # THEN what the backend started is stopped and the summary tells what ran
+    assert backend.calls[-2:] == [("cancel",), ("finish", True)]
+    statuses = [v["status"] for v in summary(tmp_path)["variants"]]
+    assert statuses == ["succeeded", "cancelled", "cancelled"]
+    sweep_module.abandon()  # a closed sweep is left alone
+    assert backend.calls[-1] == ("finish", True) and len(backend.calls) == 5
 
 
 def test_bad_value_anywhere_in_the_grid_is_refused_before_anything_runs(open_sweep):
@@ -160,3 +184,22 @@ def test_local_backend_works_where_locks_cannot_be_seen(open_sweep, tmp_path, mo
     namespace(None)
     final = Run(summary(tmp_path)["analytics_run"])
     assert sorted(final.data.results["tensor_dim"]) == [32, 48]
+
+
+@pytest.mark.flow
+def test_the_first_variant_starts_with_the_sweep_and_stops_with_it(open_sweep, tmp_path):
+    from torchperf.quiet import running_children
+
+    # GIVEN a local sweep just opened, its jobs still to come from Hydra
+    sweep = open_sweep(LocalBackend(), "measure_seconds=0.1")
+    first = sweep.spec.pending[0][0].branch.encode()
+    # THEN its first variant is already starting
+    deadline = time.monotonic() + 10
+    while not running_children(first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running_children(first)
+    # WHEN Hydra fails before the first job and the entry point abandons the sweep
+    sweep_module.abandon()
+    # THEN nothing of it runs on, and the summary says so
+    assert not running_children(first)
+    assert {v["status"] for v in summary(tmp_path)["variants"]} == {"cancelled"}

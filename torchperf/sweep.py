@@ -40,6 +40,13 @@ def interrupt() -> int:
     return _current.close(interrupted=True) if _current else 130
 
 
+def abandon() -> None:
+    """Close a sweep that Hydra left open (it exits on its own errors) as interrupted: what
+    was started ahead of its job stops, and the summary stays true."""
+    if _current is not None:
+        _current.close(interrupted=True)
+
+
 def current() -> Sweep:
     """The sweep this process runs (opened by the Hydra callback)."""
     if _current is None:
@@ -130,6 +137,7 @@ class Sweep:
         backend = backend or make_backend(name, options)
         backend.preflight(spec)
         _current = cls(spec, backend, name, done, display)
+        backend.start(spec)  # close() stops whatever it started, whatever happens next
         return _current
 
     def run_job(self, values: Mapping) -> float:

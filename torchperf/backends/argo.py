@@ -396,6 +396,9 @@ class ArgoBackend:
                 self._run, sweep, item.variant, item.settings
             )
 
+    def start(self, sweep: SweepSpec) -> None:
+        """Nothing ahead of the jobs: the first one deploys and puts every variant in flight."""
+
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         if sweep.dry_run:
             return Outcome("skipped", message="dry run: manifests written, nothing deployed")

@@ -41,13 +41,17 @@ class Outcome:
 class Backend(Protocol):
     """Runs variants and the sweep's analytics somewhere.
 
-    The sweep calls ``preflight`` once before anything runs, ``run_variant`` once per variant
-    (from several threads at once when the launcher runs jobs in parallel), ``cancel`` from the
-    main thread on Ctrl-C or SIGTERM, and ``finish`` exactly once at the end, whatever happened.
+    The sweep calls ``preflight`` once before anything runs, then ``start`` once,
+    ``run_variant`` once per variant (from several threads at once when the launcher runs jobs
+    in parallel), ``cancel`` from the main thread on Ctrl-C or SIGTERM, and ``finish`` exactly
+    once at the end, whatever happened.
     """
 
     def preflight(self, sweep: SweepSpec) -> None:
         """Check every planned variant and the settings; raise ConfigError before any run."""
+
+    def start(self, sweep: SweepSpec) -> None:
+        """Begin what may begin before the first job (Hydra checks every job first)."""
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         """Run one variant to its end and say how it ended (never raise for a failed run)."""

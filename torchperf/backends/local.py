@@ -298,6 +298,14 @@ class LocalBackend:
             if not (FLOWS / flow).exists():
                 raise ConfigError(f"{flow} is missing from {FLOWS}")
 
+    def start(self, sweep: SweepSpec) -> None:
+        """Launch the first pending variant at once: its start-up (a Metaflow runtime, torch's
+        import) overlaps Hydra's checking and composing of the jobs before the first one."""
+        if sweep.pending:
+            variant, settings = sweep.pending[0]
+            lock = self._lock_path(sweep)
+            self._launched[variant.branch] = _launch_variant(sweep, variant, settings, lock)
+
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         lock = self._lock_path(sweep)
         launch = self._launched.pop(variant.branch, None) or _launch_variant(
