@@ -42,5 +42,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit(sweep.interrupt())
     finally:
-        sweep.abandon()  # Hydra exited on an error of its own: stop what the sweep started
+        sweep.abandon()  # still open only if Hydra exited on an error: stop what was started
     sys.exit(sweep.last_exit_status())
