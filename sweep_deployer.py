@@ -42,5 +42,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit(sweep.interrupt())
     finally:
-        sweep.abandon()  # still open only if Hydra exited on an error: stop what was started
+        sweep.interrupt()  # still open only if Hydra exited on an error: stop what was started
     sys.exit(sweep.last_exit_status())

@@ -102,13 +102,13 @@ def test_a_sweep_that_hydra_leaves_open_is_closed_as_interrupted(open_sweep, tmp
     # GIVEN a sweep whose Hydra run failed before its second job
     backend = FakeBackend()
     open_sweep(backend).run_job(JOBS[0])
-    # WHEN the entry point abandons it
-    sweep_module.abandon()
+    # WHEN the entry point closes it as interrupted
+    sweep_module.interrupt()
     # THEN what the backend started is stopped and the summary tells what ran
     assert backend.calls[-2:] == [("cancel",), ("finish", True)]
     statuses = [v["status"] for v in summary(tmp_path)["variants"]]
     assert statuses == ["succeeded", "cancelled", "cancelled"]
-    sweep_module.abandon()  # a closed sweep is left alone
+    sweep_module.interrupt()  # a closed sweep is left alone
     assert backend.calls[-1] == ("finish", True) and len(backend.calls) == 5
 
 
@@ -198,8 +198,8 @@ def test_the_first_variant_starts_with_the_sweep_and_stops_with_it(open_sweep, t
     while not running_children(first) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running_children(first)
-    # WHEN Hydra fails before the first job and the entry point abandons the sweep
-    sweep_module.abandon()
+    # WHEN Hydra fails before the first job and the entry point closes the sweep
+    sweep_module.interrupt()
     # THEN nothing of it runs on, and the summary says so
     assert not running_children(first)
     assert {v["status"] for v in summary(tmp_path)["variants"]} == {"cancelled"}

@@ -36,15 +36,10 @@ def last_exit_status() -> int:
 
 
 def interrupt() -> int:
-    """Close the open sweep as interrupted (Ctrl-C, SIGTERM); the exit status."""
+    """Close the open sweep, if any, as interrupted (Ctrl-C, SIGTERM, or Hydra exiting on an
+    error of its own): what runs or was started ahead stops, the summary stays true; the exit
+    status."""
     return _current.close(interrupted=True) if _current else 130
-
-
-def abandon() -> None:
-    """Close a sweep that Hydra left open (it exits on its own errors) as interrupted: what
-    was started ahead of its job stops, and the summary stays true."""
-    if _current is not None:
-        _current.close(interrupted=True)
 
 
 def current() -> Sweep:
