@@ -106,6 +106,7 @@ def check_overrides(
     from torchperf.settings import ConfigError
 
     known = set(known_keys)
+    group_keys = group_keys or {}
     parser = OverridesParser.create()
     for argument in arguments:
         try:
@@ -130,8 +131,8 @@ def check_overrides(
                         f"{key}={value} is unknown; choose one of: {', '.join(sorted(options))}"
                     )
             continue
-        if root in (group_keys or {}) and "." in key:
-            inner = set((group_keys or {})[root])
+        if root in group_keys and "." in key:
+            inner = set(group_keys[root])
             if key.split(".")[1] not in inner:
                 raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(inner))}")
             continue
