@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help sweep test lint format bench clean
+.PHONY: help sweep test lint format bench image push clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ format: $(BIN)/.installed  ## ruff format in place
 
 bench: $(BIN)/.installed  ## print the benchmark figures (fidelity, sweep overhead, analytics scaling, argo fan-out)
 	for b in benchmarks/*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
+
+image:  ## build the pods' image for Argo from image/ (make image IMAGE=registry/torchperf:2.13.0; needs docker)
+	@test -n "$(IMAGE)" || { echo "error: IMAGE is not set: make image IMAGE=registry/name:tag" >&2; exit 2; }
+	docker build -t "$(IMAGE)" image/
+
+push: image  ## build and push the pods' image (make push IMAGE=...)
+	docker push "$(IMAGE)"
 
 clean:  ## remove the virtual environment and local results
 	rm -rf $(VENV) .metaflow multirun outputs

@@ -8,6 +8,7 @@ the previous analytics run for the same tag had not seen (see torchperf/analytic
 """
 
 import json
+import os
 import sys
 
 from torchperf.lifetime import long_lived
@@ -55,6 +56,11 @@ class SweepAnalyticsFlow(FlowSpec):
         seen = analytics.collect(
             tag, previous, wait_seconds=self.config.wait_seconds, wait_for=self.config.wait_for
         )
+        try:
+            # On Argo: a variant that announced its success must be in what we read.
+            analytics.check_visible(analytics.announced_runs(os.environ), seen)
+        except ConfigError as error:
+            sys.exit(f"error: {error}")
         self.rows = seen.rows
         self.failed = seen.failed
         self.running = seen.running

@@ -8,7 +8,16 @@ python torchtest.py card server
 from torchperf.lifetime import long_lived
 
 with long_lived():  # every process of this flow imports Metaflow, and keeps it until exit
-    from metaflow import Config, FlowSpec, card, current, project, resources, step
+    from metaflow import (
+        Config,
+        FlowSpec,
+        card,
+        config_expr,
+        current,
+        project,
+        resources,
+        step,
+    )
 
 from torchperf.settings import DEFAULT_VARIANT, parse_variant_config
 
@@ -23,7 +32,12 @@ class TorchPerfFlow(FlowSpec):
 
     config = Config("config", default_value=DEFAULT_VARIANT, parser=parse_variant_config)
 
-    @resources(cpu=config.cpu, memory=config.memory_mb)
+    # A CUDA variant asks its pod for one GPU; local runs ignore @resources.
+    @resources(
+        cpu=config.cpu,
+        memory=config.memory_mb,
+        gpu=config_expr("1 if config.device == 'cuda' else None"),
+    )
     @card(type="blank", id="benchmark", refresh_interval=1)
     @step
     def start(self):
@@ -58,11 +72,17 @@ class TorchPerfFlow(FlowSpec):
 
     @step
     def end(self):
-        """Report the figure."""
+        """Report the figure and, on Argo, announce the success to the sweep's analytics."""
+        from torchperf import events
+        from torchperf.plan import variant_id
+
         print(
             f"{self.result['gflops']:.1f} GFLOP/s at cpu={self.config.cpu}, "
             f"n={self.config.tensor_dim} (IQR {100 * self.result['iqr_ratio']:.1f} %)"
         )
+        variant = variant_id(self.config.cpu, self.config.tensor_dim, self.config.device)
+        run = f"{current.flow_name}/{current.run_id}"
+        events.announce(self.config.event, events.payload(self.config.tag, run, variant))
 
 
 if __name__ == "__main__":

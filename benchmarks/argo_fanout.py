@@ -42,7 +42,7 @@ def run_ours(tag: str, grid, scratch: Path) -> float:
         for c, n in grid
     ]
     sweep = SweepSpec(tag, event_name(tag), scratch / tag, planned, variant_timeout_seconds=600)
-    backend = ArgoBackend(poll_seconds=1.0, max_parallel=len(grid))
+    backend = ArgoBackend(poll_seconds=1.0, max_parallel=len(grid), image="torchperf:bench")
     started = time.monotonic()
     backend.preflight(sweep)
     outcomes = [backend.run_variant(sweep, v, s) for v, s in planned]
@@ -99,15 +99,18 @@ def main() -> None:
     from kube_api import KubeAPI
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-fanout-"))
+    from metadata_service import start_metadata_service
     from s3_server import start_moto
 
     s3, s3_url = start_moto("torchperf", "bench", "bench")
+    service, service_url = start_metadata_service(scratch / "metadata")
     api = KubeAPI(pending_seconds=1.0, run_seconds=args.duration).__enter__()
     # This process reads Metaflow's settings at `import metaflow`: set them all first.
     os.environ.update(
         METAFLOW_USER=os.environ.get("METAFLOW_USER", "bench"),
         METAFLOW_HOME=str(scratch / "mfhome"),
-        METAFLOW_DEFAULT_METADATA="local",
+        METAFLOW_DEFAULT_METADATA="service",
+        METAFLOW_SERVICE_URL=service_url,
         METAFLOW_DATASTORE_SYSROOT_LOCAL=str(scratch),
         METAFLOW_DEFAULT_DATASTORE="s3",
         METAFLOW_S3_ENDPOINT_URL=s3_url,
@@ -119,7 +122,7 @@ def main() -> None:
         METAFLOW_ARGO_EVENTS_EVENT="metaflow-event",
         METAFLOW_ARGO_EVENTS_EVENT_SOURCE="argo-events-webhook",
         METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT="operate-workflow-sa",
-        METAFLOW_ARGO_EVENTS_WEBHOOK_URL=f"{api.url}/webhook",
+        METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL=f"{api.url}/webhook",
         KUBECONFIG=str(api.write_kubeconfig(scratch / "kubeconfig")),
     )
     grid = upstream_grid(args.variants)
@@ -130,6 +133,7 @@ def main() -> None:
     finally:
         api.__exit__()
         s3.terminate()
+        service.terminate()
     print(
         f"argo fan-out, {len(grid)} variants, {args.duration:g} s per workflow, "
         f"{os.cpu_count()} cores here:\n"

@@ -20,7 +20,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 PATH = re.compile(
     r"^/apis/argoproj\.io/v1alpha1/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
@@ -83,6 +83,7 @@ class KubeAPI:
         self.run_seconds = run_seconds
         self.fail: set[str] = set()  # branch or template-name fragments: those workflows fail
         self.hang: set[str] = set()  # ... those workflows never finish on their own
+        self.flaky = 0  # the next this many API calls answer 503, as a restarting server would
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
         self.events: list[dict] = []  # bodies POSTed to /webhook
@@ -218,22 +219,31 @@ class KubeAPI:
         return {"kind": "Status", "status": "Failure", "message": message, "reason": reason,
                 "code": code}  # fmt: skip
 
-    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
+    def handle(
+        self, method: str, path: str, body: dict | None, query: str = ""
+    ) -> tuple[int, dict]:
         with self.lock:
             self.requests.append((method, path))
             if method == "POST" and path.rstrip("/") == "/webhook":
                 self._publish(body or {})
                 return 200, {}
+            if self.flaky > 0:
+                self.flaky -= 1
+                return 503, self._status(503, "the server is currently unable to handle it")
             match = PATH.match(path)
             if not match or match["plural"] not in KINDS:
                 return 404, self._status(404, f"no route for {method} {path}")
             ns, plural, name = match["ns"], match["plural"], match["name"]
             key = (ns, plural, name)
             if name is None and method == "GET":
+                selector = parse_qs(query).get("labelSelector", [""])[0]
+                wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
                 items = [
                     self._advance(o) if p == "workflows" else o
                     for (n, p, _), o in self.objects.items()
-                    if n == ns and p == plural
+                    if n == ns
+                    and p == plural
+                    and wanted.items() <= o["metadata"].get("labels", {}).items()
                 ]
                 return 200, {"kind": KINDS[plural] + "List", "items": items, "metadata": {}}
             if name is None and method == "POST":
@@ -264,7 +274,8 @@ class KubeAPI:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
-                code, payload = api.handle(self.command, urlsplit(self.path).path, body)
+                url = urlsplit(self.path)
+                code, payload = api.handle(self.command, url.path, body, url.query)
                 data = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

@@ -1,7 +1,9 @@
-"""ArgoBackend against real parts: Metaflow's Deployer, moto's S3 server, a loopback Kubernetes API.
+"""ArgoBackend against real parts: Metaflow's Deployer, moto's S3 server, a metadata service and
+a loopback Kubernetes API.
 
 Nothing runs in a pod here (tests/kube_api.py moves workflow phases on the clock), so these tests
-cover compiling, validating, creating, triggering, waiting, terminating, events and teardown.
+cover compiling, validating, creating, triggering, waiting, terminating and teardown; the pods'
+side (events from inside, results read back) is shown on the simulated cluster.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from pathlib import Path
 
 import pytest
 from kube_api import KubeAPI
+from metadata_service import start_metadata_service
 from s3_server import start_moto
 
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
+from torchperf.manifests import TITLE
 from torchperf.plan import branch_name, event_name
 from torchperf.settings import ConfigError, VariantSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-never-written"
+IMAGE = "registry.example/torchperf:test"
 pytestmark = pytest.mark.flow
 
 
@@ -40,6 +45,17 @@ def s3_endpoint():
         server.wait(10)
 
 
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory):
+    """A real Metaflow metadata service on loopback."""
+    server, url = start_metadata_service(tmp_path_factory.mktemp("metadata"))
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 @pytest.fixture
 def api():
     with KubeAPI(pending_seconds=0.1, run_seconds=0.6) as server:
@@ -47,7 +63,7 @@ def api():
 
 
 @pytest.fixture
-def environ(s3_endpoint, api, tmp_path):
+def environ(s3_endpoint, service_url, api, tmp_path):
     """Metaflow settings for the Deployer's subprocesses, as a user's config would give them."""
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     return {
@@ -59,11 +75,14 @@ def environ(s3_endpoint, api, tmp_path):
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "METAFLOW_SERVICE_HEADERS": json.dumps({"x-api-key": SECRET}),
+        "METAFLOW_DEFAULT_METADATA": "service",
+        "METAFLOW_SERVICE_URL": service_url,
         "METAFLOW_KUBERNETES_NAMESPACE": "default",
         "METAFLOW_ARGO_EVENTS_EVENT": "metaflow-event",
         "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": "argo-events-webhook",
         "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": "operate-workflow-sa",
-        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": f"{api.url}/webhook",
+        # What pods publish to; the sweep itself never does.
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": f"{api.url}/webhook",
         "KUBECONFIG": str(kubeconfig),
     }
 
@@ -95,7 +114,7 @@ def run_sweep(backend: ArgoBackend, sweep: SweepSpec) -> tuple[dict, str | None]
 def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api, tmp_path):
     # GIVEN two variants, WHEN the dry run compiles them
     sweep = make_sweep(tmp_path, "drytag", [(1, 64), (3, 128)], dry_run=True)
-    backend = ArgoBackend(environ=environ, guaranteed_qos=True)
+    backend = ArgoBackend(environ=environ, guaranteed_qos=True, image=IMAGE)
     outcomes, analytics = run_sweep(backend, sweep)
     # THEN nothing reached the cluster, every manifest is on disk, checked and secret-free
     assert api.requests == []
@@ -112,20 +131,65 @@ def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api
     start = next(t for t in template["spec"]["templates"] if t["name"] == "start")
     assert float(start["container"]["resources"]["requests"]["cpu"]) == 3
     assert float(start["container"]["resources"]["limits"]["cpu"]) == 3
-    assert start["container"]["image"] == backend.image
+    assert start["container"]["image"] == IMAGE
     title = template["metadata"]["annotations"]["workflows.argoproj.io/title"]
     assert "cpu=3" in title and "tensor_dim=128" in title and "drytag" in title
     sensor = json.loads((folder / "analytics.sensor.json").read_text())
     assert "name == 'torchperf_drytag'" in json.dumps(sensor["spec"]["dependencies"])
+    analytics_template = json.loads((folder / "analytics.workflowtemplate.json").read_text())
+    assert "analytics" in analytics_template["metadata"]["annotations"][TITLE]
     for path in folder.iterdir():
         assert SECRET not in path.read_text(), path.name
 
 
-def test_missing_setting_fails_preflight_before_anything_is_created(environ, api, tmp_path):
-    del environ["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"]
+def test_dry_run_needs_only_what_compiling_needs_and_lists_the_rest(environ, api, tmp_path, capsys):
+    # GIVEN no kubeconfig, no webhook, no metadata service and no image
+    for key in ("KUBECONFIG", "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL", "METAFLOW_SERVICE_URL"):
+        del environ[key]
+    environ["METAFLOW_DEFAULT_METADATA"] = "local"
+    environ["HOME"] = str(tmp_path / "home")  # no ~/.kube/config either
+    sweep = make_sweep(tmp_path, "drybare", [(1, 64)], dry_run=True)
+    # WHEN the dry run compiles
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ), sweep)
+    # THEN it compiled without the cluster and names each setting a deploy still needs
+    assert outcomes["c1_n64"].status == "skipped" and api.requests == []
+    assert (sweep.sweep_dir / "manifests" / "c1_n64.workflowtemplate.json").exists()
+    needs = [
+        line.removeprefix("dry run: a deploy also needs: ")
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("dry run: a deploy also needs: ")
+    ]
+    settings = ("kubeconfig", "METAFLOW_DEFAULT_METADATA=local", "INTERNAL_WEBHOOK_URL", "image")
+    assert len(needs) == len(settings), needs
+    for setting, need in zip(settings, needs, strict=True):
+        assert setting in need, (setting, need)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": None}, "ARGO_EVENTS_INTERNAL_WEBHOOK_URL"),
+        ({"METAFLOW_DEFAULT_METADATA": "local"}, "METAFLOW_DEFAULT_METADATA=local"),
+        ({"METAFLOW_SERVICE_URL": "http://127.0.0.1:9"}, "METAFLOW_SERVICE_URL=.* unreachable"),
+        ({"METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DATASTORE_SYSROOT_S3": None},
+         "METAFLOW_DEFAULT_DATASTORE=local"),
+        ({"image": None}, "backend.image is not set"),
+    ],
+    ids=["webhook", "local-metadata", "unreachable-service", "local-datastore", "no-image"],
+)  # fmt: skip
+def test_bad_cluster_setting_fails_preflight_before_anything_is_created(
+    environ, api, tmp_path, change, named
+):
+    image = change.pop("image", IMAGE) if "image" in change else IMAGE
+    for key, value in change.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
     sweep = make_sweep(tmp_path, "badtag", [(1, 64)])
-    with pytest.raises(ConfigError, match="METAFLOW_ARGO_EVENTS_WEBHOOK_URL"):
-        ArgoBackend(environ=environ).preflight(sweep)
+    with pytest.raises(ConfigError, match=named) as error:
+        ArgoBackend(environ=environ, image=image).preflight(sweep)
+    assert "\n" not in str(error.value)
     assert api.requests == []
 
 
@@ -135,7 +199,7 @@ def test_bad_variant_fails_preflight_before_anything_is_created(environ, api, tm
     variant, _ = sweep.planned[0]
     sweep.planned[0] = (variant, VariantSettings(cpu=1, tensor_dim=20000, memory_mb=1024))
     with pytest.raises(ConfigError, match="c1_n64"):
-        ArgoBackend(environ=environ).preflight(sweep)
+        ArgoBackend(environ=environ, image=IMAGE).preflight(sweep)
     assert api.requests == []
 
 
@@ -144,34 +208,88 @@ def test_sweep_lifecycle_with_a_failure_and_a_timeout_leaves_nothing_behind(envi
     sweep = make_sweep(tmp_path, "lifetag", [(1, 64), (2, 64), (1, 128)], timeout=3.0)
     api.fail.add("_c2_n64")
     api.hang.add("_c1_n128")
-    backend = ArgoBackend(environ=environ, poll_seconds=0.2, max_parallel=3)
+    backend = ArgoBackend(
+        environ=environ, image=IMAGE, poll_seconds=0.2, max_parallel=3, workflow_ttl_seconds=600
+    )
     started = time.monotonic()
     outcomes, analytics = run_sweep(backend, sweep)
     elapsed = time.monotonic() - started
     # THEN each ended as it should, in parallel rather than one after another
     assert outcomes["c1_n64"].status == "succeeded", outcomes
-    assert outcomes["c1_n64"].run.startswith("TorchPerfFlow/argo-")
+    assert outcomes["c1_n64"].run.startswith("TorchPerfFlow/argo-torchperf-c1-n64-lifetag-")
     assert outcomes["c2_n64"].status == "failed"
     assert outcomes["c1_n128"].status == "timeout"
     assert elapsed < 40
-    # ... the success (only) published the sweep's event, and the Sensor started the analytics
-    assert [e["name"] for e in api.events] == ["torchperf_lifetag"]
-    assert api.events[0]["payload"]["run"] == outcomes["c1_n64"].run
-    analytics_runs = [
-        wf for wf in api.workflows() if "SweepAnalyticsFlow" in json.dumps(wf["metadata"])
-    ]
-    assert len(analytics_runs) == 2  # one from the event, one final trigger
-    assert analytics and analytics.startswith("SweepAnalyticsFlow/argo-")
+    # ... no step ran here, so no figure came back, and the outcome says why
+    assert outcomes["c1_n64"].gflops is None and "unreadable" in outcomes["c1_n64"].message
+    # ... the sweep published nothing itself: events come from the variants' pods
+    assert api.events == []
+    # ... every workflow is labelled, titled and cleaned up after its TTL, the Sensor's too
+    workflows = api.workflows()
+    assert len(workflows) == 4
+    for workflow in workflows:
+        meta, spec = workflow["metadata"], workflow["spec"]
+        assert meta["labels"]["torchperf/tag"] == "lifetag"
+        assert "lifetag" in meta["annotations"][TITLE]
+        assert spec["ttlStrategy"] == {"secondsAfterCompletion": 600}
+        assert spec["podGC"] == {"strategy": "OnPodSuccess"}
+    variants = sorted(wf["metadata"]["labels"]["torchperf/variant"] for wf in workflows)
+    assert variants == ["analytics", "c1_n128", "c1_n64", "c2_n64"]
+    assert analytics and analytics.startswith("SweepAnalyticsFlow/argo-torchperf-analytics-")
     # ... the hung variant was terminated, and no template or sensor is left
     assert api.running() == []
     assert api.names("workflowtemplates") == [] and api.names("sensors") == []
     assert ("PATCH", "workflows") in {(m, p.split("/")[-2]) for m, p in api.requests}
 
 
+def test_sensor_started_workflows_take_the_sweeps_labels_from_their_template(
+    environ, api, tmp_path
+):
+    # GIVEN a deployed sweep whose variant hangs, so that the Sensor is still there
+    sweep = make_sweep(tmp_path, "sensortag", [(1, 64)], timeout=2.0)
+    api.hang.add("sensortag_c1")
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    variant, settings = sweep.planned[0]
+    try:
+        backend.run_variant(sweep, variant, settings)
+        # WHEN an event for the sweep arrives, as a pod would publish it
+        api.handle("POST", "/webhook", {"name": "torchperf_sensortag", "payload": {
+            "name": "torchperf_sensortag", "run": "TorchPerfFlow/argo-x"}})  # fmt: skip
+        # THEN the workflow the Sensor started carries the sweep's label and title
+        started = [
+            wf
+            for wf in api.workflows()
+            if wf["metadata"]["labels"].get("torchperf/variant") == "analytics"
+        ]
+        assert len(started) == 1
+        assert started[0]["metadata"]["labels"]["torchperf/tag"] == "sensortag"
+        assert "analytics" in started[0]["metadata"]["annotations"][TITLE]
+    finally:
+        backend.finish(sweep, interrupted=True)
+    assert api.running() == [] and api.names("sensors") == []
+
+
+def test_transient_api_errors_are_retried(environ, api, tmp_path):
+    from torchperf.backends.argo import Argo, resolve_settings
+
+    settings = resolve_settings(environ, namespace=None, image=IMAGE, guaranteed_qos=True)
+    argo = Argo(settings, backoff_seconds=0.01)
+    # GIVEN an API server answering 503 to the next three calls, WHEN we list and read
+    api.flaky = 3
+    assert argo.running("anytag") == []
+    assert argo.phase("no-such-workflow") == ("Pending", "")
+    # THEN the calls went through after the blips; a lasting outage still raises
+    assert api.flaky == 0
+    api.flaky = 10
+    with pytest.raises(Exception, match="503"):
+        argo.running("anytag")
+
+
 def test_keep_deployments_keeps_templates_and_sensor(environ, api, tmp_path):
     sweep = make_sweep(tmp_path, "keeptag", [(1, 64)])
     outcomes, _ = run_sweep(
-        ArgoBackend(environ=environ, poll_seconds=0.2, keep_deployments=True), sweep
+        ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, keep_deployments=True), sweep
     )
     assert outcomes["c1_n64"].status == "succeeded"
     assert len(api.names("workflowtemplates")) == 2 and len(api.names("sensors")) == 1
@@ -188,7 +306,7 @@ DRIVER = textwrap.dedent(
     # What sweep_deployer.py does: SIGTERM ends the sweep the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sweep = make_sweep(Path({tmp!r}), "sigtag", [(1, 64), (2, 64), (1, 128)], timeout=120)
-    backend = ArgoBackend(environ=json.loads({environ!r}), poll_seconds=0.2)
+    backend = ArgoBackend(environ=json.loads({environ!r}), poll_seconds=0.2, image="img")
     backend.preflight(sweep)
     print("preflight done", flush=True)
     try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from torchperf import manifests
-from torchperf.backends.argo import REQUIRED, resolve_settings, variant_title
+from torchperf.backends.argo import COMPILE_NEEDS, UNSET_IMAGE, resolve_settings, variant_title
 from torchperf.settings import ConfigError, VariantSettings
 
 
@@ -15,22 +16,90 @@ from torchperf.settings import ConfigError, VariantSettings
 def environ(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("{}")
-    values = {f"METAFLOW_{key}": "x" for key in REQUIRED}
-    return {**values, "METAFLOW_HOME": str(tmp_path / "none"), "KUBECONFIG": str(kubeconfig)}
+    values = {f"METAFLOW_{key}": "x" for key in COMPILE_NEEDS}
+    return {
+        **values,
+        "METAFLOW_KUBERNETES_NAMESPACE": "ns",
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://bucket/prefix",
+        "METAFLOW_DEFAULT_METADATA": "service",
+        "METAFLOW_SERVICE_URL": "http://metadata.example",
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL": "http://webhook.example",
+        "METAFLOW_HOME": str(tmp_path / "none"),
+        "KUBECONFIG": str(kubeconfig),
+    }
 
 
 def resolve(environ, **options):
+    """The settings, with a metadata service that always answers."""
     return resolve_settings(
-        environ, **{"namespace": None, "image": "img", "guaranteed_qos": True, **options}
+        environ,
+        **{"namespace": None, "image": "img", "guaranteed_qos": True, **options},
+        probe=lambda url, headers: None,
     )
 
 
-@pytest.mark.parametrize("key", sorted(REQUIRED))
-def test_each_missing_metaflow_setting_is_named_in_one_line(environ, key):
+@pytest.mark.parametrize("key", sorted(COMPILE_NEEDS))
+def test_each_missing_compile_setting_is_named_in_one_line_also_in_a_dry_run(environ, key):
     del environ[f"METAFLOW_{key}"]
-    with pytest.raises(ConfigError, match=f"METAFLOW_{key} is not set") as error:
+    for dry_run in (False, True):
+        with pytest.raises(ConfigError, match=f"METAFLOW_{key} is not set") as error:
+            resolve(environ, dry_run=dry_run)
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("METAFLOW_KUBERNETES_NAMESPACE", "METAFLOW_KUBERNETES_NAMESPACE is not set"),
+        ("METAFLOW_SERVICE_URL", "METAFLOW_SERVICE_URL is not set"),
+        ("METAFLOW_DEFAULT_METADATA", "METAFLOW_DEFAULT_METADATA=local"),
+        ("METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL", "INTERNAL_WEBHOOK_URL is not set"),
+        ("METAFLOW_DATASTORE_SYSROOT_S3", "METAFLOW_DEFAULT_DATASTORE=local"),
+    ],
+)
+def test_each_missing_deploy_setting_fails_a_deploy_and_is_listed_by_a_dry_run(environ, key, named):
+    del environ[key]
+    with pytest.raises(ConfigError, match=named):
         resolve(environ)
-    assert "\n" not in str(error.value)
+    if key != "METAFLOW_DATASTORE_SYSROOT_S3":  # compiling needs the datastore too
+        assert any(re.search(named, need) for need in resolve(environ, dry_run=True).still_needed)
+
+
+def test_plain_webhook_url_serves_the_pods_too_and_live_analytics_off_needs_none(environ):
+    del environ["METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL"]
+    resolve({**environ, "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": "http://webhook.example"})
+    resolve(environ, live_analytics=False)
+
+
+def test_configured_datastore_is_used_and_its_root_required(environ):
+    assert resolve(environ).env["METAFLOW_DEFAULT_DATASTORE"] == "s3"
+    gs = {**environ, "METAFLOW_DEFAULT_DATASTORE": "gs"}
+    with pytest.raises(ConfigError, match="METAFLOW_DATASTORE_SYSROOT_GS is not set"):
+        resolve(gs)
+    gs["METAFLOW_DATASTORE_SYSROOT_GS"] = "gs://bucket/prefix"
+    assert resolve(gs).datastore == "gs"
+
+
+def test_the_metadata_service_is_probed_for_a_deploy_not_a_dry_run(environ):
+    probed = []
+
+    def probe(url, headers):
+        probed.append(url)
+        raise ConfigError(f"METAFLOW_SERVICE_URL={url} is unreachable (refused)")
+
+    options = {"namespace": None, "image": "img", "guaranteed_qos": True, "probe": probe}
+    with pytest.raises(ConfigError, match="unreachable"):
+        resolve_settings(environ, **options)
+    assert probed == ["http://metadata.example"]
+    resolve_settings(environ, dry_run=True, **options)
+    assert probed == ["http://metadata.example"]
+
+
+def test_missing_image_fails_a_deploy_and_a_dry_run_shows_a_placeholder(environ):
+    with pytest.raises(ConfigError, match="backend.image is not set"):
+        resolve(environ, image=None)
+    settings = resolve(environ, image=None, dry_run=True)
+    assert settings.env["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] == UNSET_IMAGE
 
 
 def test_missing_kubeconfig_is_named(environ, tmp_path):
@@ -62,6 +131,22 @@ def test_guaranteed_qos_and_image_travel_as_metaflow_settings(environ):
     assert resolve(environ).env["METAFLOW_KUBERNETES_QOS"] == "guaranteed"
     assert resolve(environ, guaranteed_qos=False).env["METAFLOW_KUBERNETES_QOS"] == "burstable"
     assert resolve(environ).env["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] == "img"
+
+
+def test_workflow_look_keeps_the_variant_readable_and_within_name_limits():
+    look = manifests.workflow_look(
+        "sweep_20261202_090000_abcdef", "c16_n16384_cuda", "t", "d", ttl_seconds=60,
+        pod_gc="OnPodSuccess",
+    )  # fmt: skip
+    assert look.generate_name.startswith("torchperf-c16-n16384-cuda-sweep-20261202")
+    assert re.fullmatch(r"[a-z0-9-]+-", look.generate_name)
+    assert len(look.generate_name) + manifests.GENERATED_SUFFIX <= manifests.MAX_WORKFLOW_NAME
+    assert look.labels == {
+        "torchperf/tag": "sweep_20261202_090000_abcdef", "torchperf/variant": "c16_n16384_cuda"
+    }  # fmt: skip
+    long = manifests.workflow_look("t" * 40, "c16_n16384_cuda", "t", "d", ttl_seconds=1,
+                                   pod_gc="OnPodSuccess")  # fmt: skip
+    assert len(long.generate_name) + manifests.GENERATED_SUFFIX <= manifests.MAX_WORKFLOW_NAME
 
 
 def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=None):

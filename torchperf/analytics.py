@@ -271,3 +271,37 @@ def previous_rows(tag: str, current_run_id: str | None, flow_name: str = "SweepA
     except MetaflowNotFound:
         pass
     return {}
+
+
+# ---- On Argo: the run an event announced must be visible ----------------------------------
+
+# A triggering event's payload reaches the pod as METAFLOW_ARGO_EVENT_PAYLOAD_<type>_<name>.
+EVENT_PAYLOAD_PREFIX = "METAFLOW_ARGO_EVENT_PAYLOAD_"
+
+
+def announced_runs(environ: Mapping[str, str]) -> list[str]:
+    """The TorchPerfFlow runs whose success events started this analytics run (Argo only)."""
+    import json
+
+    runs = []
+    for key, value in environ.items():
+        if key.startswith(EVENT_PAYLOAD_PREFIX) and value not in ("", "null"):
+            try:
+                run = json.loads(value).get("run")
+            except (TypeError, ValueError, AttributeError):
+                continue
+            if run:
+                runs.append(run)
+    return runs
+
+
+def check_visible(announced: Iterable[str], seen: Collected) -> None:
+    """An announced run this aggregation cannot see means the pods share no metadata: say so
+    instead of drawing a card of "0 of N"."""
+    visible = set(seen.rows) | set(seen.running) | {row["run"] for row in seen.failed}
+    for run in announced:
+        if run not in visible:
+            raise ConfigError(
+                f"{run} announced its success but is not visible here: the pods need a shared "
+                "metadata service (METAFLOW_DEFAULT_METADATA=service, METAFLOW_SERVICE_URL)"
+            )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from torchperf import sweep
 from torchperf.plan import check_overrides, expand_overrides
@@ -67,7 +68,9 @@ class SweepCallback(Callback):
         jobs = None
         if hydra.sweeper._target_ == BASIC_SWEEPER:
             params = OmegaConf.to_container(hydra.sweeper.params or {}, resolve=True)
-            jobs = expand_overrides(params, list(hydra.overrides.task))
+            # Unresolved: an override's own ${...} is the job's to resolve, not the list's.
+            task = OmegaConf.to_container(hydra.overrides.task, resolve=False)
+            jobs = expand_overrides(params, task)
         self._open(config, jobs, Path(hydra.sweep.dir))
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -85,6 +88,16 @@ class SweepCallback(Callback):
             sweep.Sweep.open(config, jobs, sweep_dir)
         except ConfigError as error:
             fail(error)
+        except InterpolationResolutionError as error:
+            # e.g. backend.image=${oc.env:IMAGE} with IMAGE unset: name the key, not a trace.
+            fail(ConfigError(unresolved(error)))
+
+
+def unresolved(error: InterpolationResolutionError) -> str:
+    """One line for a setting whose ${...} cannot be resolved."""
+    why = str(error).splitlines()[0]
+    why = why.split("while resolving interpolation: ")[-1].strip('"')
+    return f"{error.full_key} cannot be resolved: {why}"
 
 
 def run_job(cfg: DictConfig) -> float:

@@ -10,15 +10,62 @@ import copy
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from torchperf.settings import ConfigError, VariantSettings
 
 REDACTED = "<redacted>"
+# Labels on every Workflow the sweep starts: the Argo UI filters by them, and so does the sweep.
+TAG_LABEL, VARIANT_LABEL = "torchperf/tag", "torchperf/variant"
+TITLE, DESCRIPTION = "workflows.argoproj.io/title", "workflows.argoproj.io/description"
 # Env vars whose values may carry credentials (service headers carry API keys).
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|HEADERS|AUTH|KEY", re.IGNORECASE)
 # Annotations that carry a credential: the production token authorizes redeploys.
 SECRET_ANNOTATIONS = ("metaflow/production_token",)
+
+
+# Argo puts a Workflow's name into its pods' labels, whose values stop at 63 characters.
+MAX_WORKFLOW_NAME = 63
+GENERATED_SUFFIX = 5  # the random characters Kubernetes appends to a generateName
+
+
+@dataclass(frozen=True)
+class WorkflowLook:
+    """How one of the sweep's Workflows reads in the Argo UI, and when it goes away."""
+
+    generate_name: str  # the variant stays readable where Metaflow hashed the template's name
+    labels: dict  # the sweep's tag and the variant: what the UI and the sweep select by
+    annotations: dict  # title and description, shown by the Argo UI
+    spec: dict  # ttlStrategy and podGC: finished Workflows and their pods are cleaned up
+
+
+def kube_name(text: str) -> str:
+    """``text`` as a DNS-1123 name fragment: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def workflow_look(
+    tag: str,
+    variant: str,
+    title: str,
+    description: str,
+    *,
+    ttl_seconds: int,
+    pod_gc: str,
+) -> WorkflowLook:
+    """The look of the Workflows of one variant (or of the analytics, ``variant="analytics"``)."""
+    prefix = f"torchperf-{kube_name(variant)}-{kube_name(tag)}"
+    prefix = prefix[: MAX_WORKFLOW_NAME - GENERATED_SUFFIX - 1].rstrip("-")
+    return WorkflowLook(
+        generate_name=f"{prefix}-",
+        labels={TAG_LABEL: tag, VARIANT_LABEL: variant},
+        annotations={TITLE: title, DESCRIPTION: description},
+        spec={
+            "ttlStrategy": {"secondsAfterCompletion": int(ttl_seconds)},
+            "podGC": {"strategy": pod_gc},
+        },
+    )
 
 
 def strip_nulls(document):
@@ -34,6 +81,17 @@ def _first_error(error) -> str:
     detail = error.errors()[0]
     where = ".".join(str(part) for part in detail["loc"])
     return f"{where}: {detail['msg']}"
+
+
+def import_models() -> None:
+    """Import hera's models before Metaflow's Runner or Deployer is used.
+
+    The Deployer's typeguard brings Metaflow's vendored typing_extensions, which replaces
+    ``typing._collect_parameters`` with a version that rejects the generic classes hera defines
+    at import time (seen with typing_extensions 4.16 and Metaflow 2.19.39).
+    """
+    import hera.events.models  # noqa: F401
+    import hera.workflows.models  # noqa: F401
 
 
 def validate_workflow_template(template: Mapping) -> None:
@@ -115,7 +173,7 @@ def variant_problems(
         problems.append(f"branch is {annotations.get('metaflow/branch_name')}, not test.{branch}")
     if tag not in json.loads(annotations.get("metaflow/tags", "[]")):
         problems.append(f"tags {annotations.get('metaflow/tags')} lack {tag}")
-    title = annotations.get("workflows.argoproj.io/title", "")
+    title = annotations.get(TITLE, "")
     if f"cpu={settings.cpu}" not in title or f"tensor_dim={settings.tensor_dim}" not in title:
         problems.append(f"title {title!r} does not name cpu and tensor_dim")
     return problems

@@ -28,23 +28,29 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from torchperf import events, manifests
+from torchperf import manifests
 from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 RUNNING = ("Pending", "Running")
-# Metaflow settings a deploy cannot do without; each names what it is for when missing.
-REQUIRED = {
-    "KUBERNETES_NAMESPACE": "the namespace that holds the sweep's templates and workflows",
-    "DATASTORE_SYSROOT_S3": "the S3 datastore the pods read the code package from",
+# The datastores pods can read the code package and artifacts from, with their root setting.
+DATASTORE_ROOTS = {
+    "s3": "DATASTORE_SYSROOT_S3",
+    "gs": "DATASTORE_SYSROOT_GS",
+    "azure": "DATASTORE_SYSROOT_AZURE",
+}
+# What compiling the analytics flow's Sensor needs (a dry run too); each says what it is for.
+COMPILE_NEEDS = {
     "ARGO_EVENTS_EVENT": "the Argo Events event the analytics Sensor listens on",
     "ARGO_EVENTS_EVENT_SOURCE": "the Argo Events event source of the analytics Sensor",
     "ARGO_EVENTS_SERVICE_ACCOUNT": "the service account of the analytics Sensor",
-    "ARGO_EVENTS_WEBHOOK_URL": "where the sweep publishes the event of a successful variant",
 }
+# Shown in a dry run's manifests where no image is set: a deploy refuses it.
+UNSET_IMAGE = "torchperf-image-not-set"
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -74,52 +80,158 @@ def kubeconfig_path(environ: Mapping[str, str]) -> Path | None:
     return path
 
 
+def datastore(config: Mapping[str, str]) -> str:
+    """The datastore pods share with this machine: Metaflow's default if it is one pods can
+    reach (s3, gs, azure), else S3 where its root is set; its root must be set."""
+    chosen = config.get("DEFAULT_DATASTORE", "local")
+    if chosen not in DATASTORE_ROOTS and config.get(DATASTORE_ROOTS["s3"]):
+        chosen = "s3"
+    if chosen not in DATASTORE_ROOTS:
+        raise ConfigError(
+            f"METAFLOW_DEFAULT_DATASTORE={chosen}: pods cannot read it; "
+            f"set it to one of {', '.join(DATASTORE_ROOTS)} and its METAFLOW_DATASTORE_SYSROOT_*"
+        )
+    if not config.get(DATASTORE_ROOTS[chosen]):
+        raise ConfigError(
+            f"METAFLOW_{DATASTORE_ROOTS[chosen]} is not set "
+            f"(where the pods read the code package and write results)"
+        )
+    return chosen
+
+
+def probe_service(url: str, headers: str | None, timeout: float = 5.0) -> None:
+    """The metadata service answers at ``url`` (any HTTP status but an auth refusal or a server
+    error counts as reachable); ConfigError naming the setting otherwise."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url.rstrip("/") + "/ping", headers=json.loads(headers) if headers else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise ConfigError(
+                f"METAFLOW_SERVICE_URL={url} refused us ({error.code}): "
+                "check METAFLOW_SERVICE_HEADERS"
+            ) from None
+        if error.code < 500:
+            return
+        why = f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        why = str(getattr(error, "reason", error))
+    raise ConfigError(f"METAFLOW_SERVICE_URL={url} is unreachable ({why})")
+
+
 @dataclasses.dataclass(frozen=True)
 class ArgoSettings:
     namespace: str  # where templates and workflows live
     sensor_namespace: str  # where the analytics Sensor lives
     kubeconfig: Path | None  # None: in-cluster credentials
-    webhook_url: str  # Argo Events webhook the sweep publishes to
+    datastore: str  # s3, gs or azure: the code package and the results travel through it
     env: dict  # what the Deployer's subprocesses get on top of this process's environment
+    still_needed: list[str] = dataclasses.field(default_factory=list)  # dry run: for a deploy
 
 
 def resolve_settings(
-    environ: Mapping[str, str], *, namespace: str | None, image: str, guaranteed_qos: bool
+    environ: Mapping[str, str],
+    *,
+    namespace: str | None,
+    image: str | None,
+    guaranteed_qos: bool,
+    dry_run: bool = False,
+    live_analytics: bool = True,
+    probe=probe_service,
 ) -> ArgoSettings:
-    """Check the Metaflow settings a deploy needs; raise ConfigError naming the first missing."""
+    """Check the settings a deploy needs, or in a dry run only what compiling needs (listing the
+    rest in ``still_needed``); raise ConfigError naming the first missing one."""
     config = metaflow_settings(environ)
     if namespace:
         config["KUBERNETES_NAMESPACE"] = namespace
-    for key, why in REQUIRED.items():
+    for key, why in COMPILE_NEEDS.items():
         if not config.get(key):
             raise ConfigError(f"METAFLOW_{key} is not set ({why}): add it to Metaflow's config")
-    kubeconfig = kubeconfig_path(environ)
+    store = datastore(config)
+    problems: list[str] = []  # fatal for a deploy; a dry run lists them
+
+    def need(check):
+        try:
+            return check()
+        except ConfigError as error:
+            problems.append(str(error))
+            return None
+
+    def require(key: str, why: str) -> str:
+        if not config.get(key):
+            raise ConfigError(f"METAFLOW_{key} is not set ({why}): add it to Metaflow's config")
+        return config[key]
+
+    def metadata_service() -> None:
+        provider = config.get("DEFAULT_METADATA", "local")
+        if provider != "service":
+            raise ConfigError(
+                f"METAFLOW_DEFAULT_METADATA={provider}: the pods' results stay invisible without "
+                "a metadata service; set it to service, with METAFLOW_SERVICE_URL"
+            )
+        url = require("SERVICE_URL", "the metadata service the pods and this machine share")
+        if not dry_run:
+            probe(url, config.get("SERVICE_HEADERS"))
+
+    need(lambda: require("KUBERNETES_NAMESPACE", "the namespace of the sweep's workflows"))
+    kubeconfig = need(lambda: kubeconfig_path(environ))
+    need(metadata_service)
+    if live_analytics and not config.get("ARGO_EVENTS_WEBHOOK_URL"):
+        # Metaflow gives pods the internal URL, which defaults to the plain one.
+        need(
+            lambda: require(
+                "ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
+                "the in-cluster webhook a successful variant's pod publishes its event to",
+            )
+        )
+    if not image:
+        problems.append(
+            "backend.image is not set: build image/Dockerfile (make image IMAGE=...), push it "
+            "and pass backend.image=... or set TORCHPERF_IMAGE"
+        )
+    if problems and not dry_run:
+        raise ConfigError(problems[0])
     env = {
-        "METAFLOW_KUBERNETES_NAMESPACE": config["KUBERNETES_NAMESPACE"],
-        "METAFLOW_DEFAULT_DATASTORE": "s3",
-        "METAFLOW_KUBERNETES_CONTAINER_IMAGE": image,
+        "METAFLOW_KUBERNETES_NAMESPACE": config.get("KUBERNETES_NAMESPACE") or "default",
+        "METAFLOW_DEFAULT_DATASTORE": store,
+        "METAFLOW_KUBERNETES_CONTAINER_IMAGE": image or UNSET_IMAGE,
         # Guaranteed QoS makes the CPU limit equal the request: "N CPUs" is N, not N-or-more.
         "METAFLOW_KUBERNETES_QOS": "guaranteed" if guaranteed_qos else "burstable",
     }
     if kubeconfig:
         env["KUBECONFIG"] = str(kubeconfig)
     return ArgoSettings(
-        namespace=config["KUBERNETES_NAMESPACE"],
+        namespace=env["METAFLOW_KUBERNETES_NAMESPACE"],
         sensor_namespace=config.get("ARGO_EVENTS_SENSOR_NAMESPACE")
-        or config["KUBERNETES_NAMESPACE"],
+        or env["METAFLOW_KUBERNETES_NAMESPACE"],
         kubeconfig=kubeconfig,
-        webhook_url=config["ARGO_EVENTS_WEBHOOK_URL"],
+        datastore=store,
         env=env,
+        still_needed=problems,
     )
 
 
 # -- the Kubernetes side ---------------------------------------------------------------------
 
 
-class Argo:
-    """The few Argo API calls made directly: read a phase, terminate, delete (404 is fine)."""
+# API answers worth another try: the server was busy or briefly away, nothing was changed.
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 
-    def __init__(self, settings: ArgoSettings):
+
+class Argo:
+    """The few Argo API calls made directly: trigger, read a phase, label, terminate, delete.
+
+    Every call is retried on a transient error (a busy or restarting API server), so that a
+    blip does not fail a variant; a 404 on terminate or delete means already gone.
+    """
+
+    def __init__(self, settings: ArgoSettings, attempts: int = 5, backoff_seconds: float = 0.5):
         from kubernetes import client, config
 
         if settings.kubeconfig is None:
@@ -131,11 +243,27 @@ class Argo:
         self.api = client.CustomObjectsApi(api_client)
         self.rest = client.rest
         self.namespace = settings.namespace
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
 
-    def workflow(self, name: str) -> dict | None:
+    def _call(self, method: str, *args, **kwargs):
+        from urllib3.exceptions import HTTPError as TransportError
+
+        for attempt in range(self.attempts):
+            try:
+                return getattr(self.api, method)(*args, **kwargs)
+            except self.rest.ApiException as error:
+                if error.status not in TRANSIENT_STATUSES or attempt == self.attempts - 1:
+                    raise
+            except TransportError:
+                if attempt == self.attempts - 1:
+                    raise
+            time.sleep(self.backoff_seconds * 2**attempt)
+
+    def _get(self, plural: str, name: str) -> dict | None:
         try:
-            return self.api.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "workflows", name
+            return self._call(
+                "get_namespaced_custom_object", GROUP, VERSION, self.namespace, plural, name
             )
         except self.rest.ApiException as error:
             if error.status == 404:
@@ -144,60 +272,82 @@ class Argo:
 
     def phase(self, name: str) -> tuple[str, str]:
         """(phase, message); Error counts as Failed, as Metaflow reports it."""
-        status = (self.workflow(name) or {}).get("status") or {}
+        status = (self._get("workflows", name) or {}).get("status") or {}
         phase = status.get("phase") or "Pending"
         return ("Failed" if phase == "Error" else phase), status.get("message") or ""
 
-    def trigger(self, template: str, user: str) -> str:
+    def trigger(self, template: str, user: str, look: WorkflowLook) -> str:
         """Start a Workflow from ``template``, as `argo-workflows trigger` does; its name.
 
         The same request Metaflow's trigger sends, without the Python start-up that the
-        Deployer's trigger costs per variant.
+        Deployer's trigger costs per variant, plus what makes it readable and tidy in the UI.
         """
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Workflow",
             "metadata": {
-                "generateName": f"{template}-",
+                "generateName": look.generate_name,
+                "labels": look.labels,
                 "annotations": {
-                    "metaflow/triggered_by_user": json.dumps({"type": "user", "name": user})
+                    **look.annotations,
+                    "metaflow/triggered_by_user": json.dumps({"type": "user", "name": user}),
                 },
             },
-            "spec": {"workflowTemplateRef": {"name": template}, "arguments": {"parameters": []}},
+            "spec": {
+                "workflowTemplateRef": {"name": template},
+                "arguments": {"parameters": []},
+                **look.spec,
+            },
         }
-        created = self.api.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "workflows", body
+        created = self._call(
+            "create_namespaced_custom_object", GROUP, VERSION, self.namespace, "workflows", body
         )
         return created["metadata"]["name"]
+
+    def dress_template(self, template: str, look: WorkflowLook) -> None:
+        """Give every Workflow started from ``template`` (by a Sensor too) the look's labels,
+        annotations, TTL and pod GC: Argo copies ``workflowMetadata`` onto each Workflow."""
+        patch = {
+            "spec": {
+                "workflowMetadata": {"labels": look.labels, "annotations": look.annotations},
+                **look.spec,
+            }
+        }
+        self._call(
+            "patch_namespaced_custom_object",
+            GROUP, VERSION, self.namespace, "workflowtemplates", template, patch,
+        )  # fmt: skip
 
     def terminate(self, name: str) -> None:
         body = {"spec": {"shutdown": "Terminate"}}
         try:
-            self.api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "workflows", name, body
-            )
+            self._call(
+                "patch_namespaced_custom_object",
+                GROUP, VERSION, self.namespace, "workflows", name, body,
+            )  # fmt: skip
         except self.rest.ApiException as error:
             if error.status != 404:
                 raise
 
-    def running_from(self, templates: set[str]) -> list[str]:
-        """Workflows still running from any of these templates (sensor-started ones included)."""
-        listing = self.api.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "workflows"
-        )
+    def running(self, tag: str) -> list[str]:
+        """The sweep's Workflows still running, found by its label (Sensor-started included)."""
+        listing = self._call(
+            "list_namespaced_custom_object",
+            GROUP, VERSION, self.namespace, "workflows", label_selector=f"{TAG_LABEL}={tag}",
+        )  # fmt: skip
         return [
             wf["metadata"]["name"]
             for wf in listing.get("items", [])
-            if (wf.get("spec", {}).get("workflowTemplateRef") or {}).get("name") in templates
-            and (wf.get("status") or {}).get("phase", "Pending") in RUNNING
+            if (wf.get("status") or {}).get("phase", "Pending") in RUNNING
         ]
 
     def delete(self, plural: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object; False when it was already gone."""
         try:
-            self.api.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace or self.namespace, plural, name
-            )
+            self._call(
+                "delete_namespaced_custom_object",
+                GROUP, VERSION, namespace or self.namespace, plural, name,
+            )  # fmt: skip
             return True
         except self.rest.ApiException as error:
             if error.status == 404:
@@ -210,13 +360,22 @@ class Argo:
 
 def variant_title(settings: VariantSettings, tag: str) -> tuple[str, str]:
     """What the Argo UI shows for one variant's workflow."""
-    title = f"torchperf cpu={settings.cpu} tensor_dim={settings.tensor_dim} ({tag})"
+    device = "" if settings.device == "cpu" else f" device={settings.device}"
+    title = f"torchperf cpu={settings.cpu} tensor_dim={settings.tensor_dim}{device} ({tag})"
     description = (
         f"TorchPerfFlow: GFLOP/s squaring a {settings.tensor_dim} x {settings.tensor_dim} fp32 "
-        f"matrix on {settings.cpu} CPU(s), {settings.measure_seconds:g} s measured. "
-        f"Sweep tag {tag}."
+        f"matrix on {settings.cpu} CPU(s){device.replace('=', ' ')}, "
+        f"{settings.measure_seconds:g} s measured. Sweep tag {tag}."
     )
     return title, description
+
+
+def analytics_title(tag: str) -> tuple[str, str]:
+    """What the Argo UI shows for the sweep's analytics workflows."""
+    return (
+        f"torchperf analytics ({tag})",
+        f"SweepAnalyticsFlow: the live aggregate of sweep {tag}, after every successful variant.",
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -243,9 +402,12 @@ class ArgoBackend:
         deploy_workers: int | None = None,
         keep_deployments: bool = False,
         guaranteed_qos: bool = True,
-        image: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        image: str | None = None,
+        cuda_image: str | None = None,
         namespace: str | None = None,
         poll_seconds: float = 5.0,
+        workflow_ttl_seconds: int = 86400,
+        pod_gc: str = "OnPodSuccess",
         flow_file: str = "torchtest.py",
         analytics_file: str = "sweep_analytics.py",
         environ: Mapping[str, str] | None = None,
@@ -255,8 +417,11 @@ class ArgoBackend:
         self.keep_deployments = keep_deployments
         self.guaranteed_qos = guaranteed_qos
         self.image = image
+        self.cuda_image = cuda_image
         self.namespace = namespace
         self.poll_seconds = poll_seconds
+        self.workflow_ttl_seconds = workflow_ttl_seconds
+        self.pod_gc = pod_gc
         self.flow_file = str(ROOT / flow_file)
         self.analytics_file = str(ROOT / analytics_file)
         self.environ = dict(os.environ if environ is None else environ)
@@ -269,17 +434,25 @@ class ArgoBackend:
         self._futures: dict[str, Future] = {}
         self._templates: set[str] = set()  # every WorkflowTemplate this sweep may have created
         self._sensor: tuple[str, str] | None = None  # (namespace, name) of the analytics Sensor
-        self._analytics = None  # the analytics flow's DeployedFlow
+        self._analytics: str | None = None  # the analytics flow's WorkflowTemplate
         self._pool: ThreadPoolExecutor | None = None
         self._settings: ArgoSettings | None = None
         self._argo: Argo | None = None
         self._torn_down = False
+        self._sweep_tag: str | None = None  # known from preflight on: the label to select by
 
     # -- preflight ---------------------------------------------------------------------------
-    def _env(self) -> dict:
-        return {**self.environ, **self._settings.env}
+    def _env(self, image: str | None = None) -> dict:
+        env = {**self.environ, **self._settings.env}
+        if image:
+            env["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] = image
+        return env
 
-    def _deployer(self, flow_file: str, branch: str, config: dict):
+    def _image(self, settings: VariantSettings) -> str | None:
+        """A CUDA variant may run in an image of its own; every other step in ``image``."""
+        return self.cuda_image if settings.device == "cuda" and self.cuda_image else None
+
+    def _deployer(self, flow_file: str, branch: str, config: dict, image: str | None = None):
         from metaflow import Deployer
 
         # Metaflow's SubprocessManager, built in the main thread, swaps in a SIGINT handler that
@@ -290,7 +463,7 @@ class ArgoBackend:
             return Deployer(
                 flow_file,
                 show_output=False,
-                env=self._env(),
+                env=self._env(image),
                 cwd=str(ROOT),
                 branch=branch,
                 config_value=[("config", config)],
@@ -309,10 +482,25 @@ class ArgoBackend:
         title, description = variant_title(settings, sweep.tag)
         return {"tags": [sweep.tag], "workflow_title": title, "workflow_description": description}
 
+    def _analytics_kwargs(self, sweep: SweepSpec) -> dict:
+        title, description = analytics_title(sweep.tag)
+        return {"workflow_title": title, "workflow_description": description}
+
+    def _analytics_look(self, sweep: SweepSpec) -> WorkflowLook:
+        return self._look(sweep, "analytics", analytics_title(sweep.tag))
+
+    def _look(self, sweep: SweepSpec, variant: str, title: tuple[str, str]) -> WorkflowLook:
+        return manifests.workflow_look(
+            sweep.tag, variant, *title, ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc
+        )
+
     def _compile_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
         with self._deploy_slots:
             deployer = self._deployer(
-                self.flow_file, variant.branch, self._variant_config(sweep, settings)
+                self.flow_file,
+                variant.branch,
+                self._variant_config(sweep, settings),
+                self._image(settings),
             )
             try:
                 created = deployer.create(only_json=True, **self._create_kwargs(sweep, settings))
@@ -337,9 +525,12 @@ class ArgoBackend:
             out = Path(scratch, "analytics.json")
             command = [
                 sys.executable, "-m", "torchperf.backends.argo_compile", str(out),
-                self.analytics_file, "--quiet", "--datastore", "s3", "--branch", branch,
+                self.analytics_file, "--quiet", "--datastore", self._settings.datastore,
+                "--branch", branch,
                 "--config-value", "config", json.dumps(self._analytics_config(sweep)),
                 "argo-workflows", "create", "--only-json", "--tag", sweep.tag,
+                *(f"--{key.replace('_', '-')}={value}"
+                  for key, value in self._analytics_kwargs(sweep).items()),
             ]  # fmt: skip
             done = subprocess.run(
                 command, env=self._env(), cwd=ROOT, capture_output=True, text=True
@@ -357,10 +548,13 @@ class ArgoBackend:
 
     def preflight(self, sweep: SweepSpec) -> None:
         """Settings, then every manifest compiled, validated, checked and written; no cluster."""
+        manifests.import_models()
         self._settings = resolve_settings(
             self.environ, namespace=self.namespace, image=self.image,
-            guaranteed_qos=self.guaranteed_qos,
+            guaranteed_qos=self.guaranteed_qos, dry_run=sweep.dry_run,
+            live_analytics=sweep.live_analytics,
         )  # fmt: skip
+        self._sweep_tag = sweep.tag
         out = Path(sweep.sweep_dir) / "manifests"
         with ThreadPoolExecutor(self.deploy_workers) as pool:
             analytics = pool.submit(self._compile_analytics, sweep)
@@ -380,6 +574,8 @@ class ArgoBackend:
             out / "analytics.workflowtemplate.json", analytics["workflow_template"]
         )
         manifests.write_manifest(out / "analytics.sensor.json", analytics["sensor"])
+        for why in self._settings.still_needed:
+            print(f"dry run: a deploy also needs: {why}", file=sys.stderr)
 
     # -- running -----------------------------------------------------------------------------
     def _start(self, sweep: SweepSpec) -> None:
@@ -387,9 +583,13 @@ class ArgoBackend:
         self._argo = Argo(self._settings)
         atexit.register(self._teardown)  # a last resort if finish is never reached
         with self._deploy_slots:
-            self._analytics = self._deployer(
+            deployed = self._deployer(
                 self.analytics_file, analytics_branch(sweep.tag), self._analytics_config(sweep)
-            ).create(tags=[sweep.tag])
+            ).create(tags=[sweep.tag], **self._analytics_kwargs(sweep))
+        self._analytics = deployed.name
+        self._templates.add(deployed.name)
+        # Before any event: the Sensor's Workflows take their labels and TTL from the template.
+        self._argo.dress_template(deployed.name, self._analytics_look(sweep))
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="argo-variant")
         for item in self._planned.values():
             self._futures[item.variant.id] = self._pool.submit(
@@ -430,13 +630,17 @@ class ArgoBackend:
             return Outcome("cancelled", message="the sweep was interrupted")
         with self._deploy_slots:
             deployed = self._deployer(
-                self.flow_file, variant.branch, self._variant_config(sweep, settings)
+                self.flow_file,
+                variant.branch,
+                self._variant_config(sweep, settings),
+                self._image(settings),
             ).create(**self._create_kwargs(sweep, settings))
             self._templates.add(deployed.name)
         try:
             if self._cancelled.is_set():
                 return Outcome("cancelled", message="the sweep was interrupted")
-            workflow = self._argo.trigger(deployed.name, self._user)
+            look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
+            workflow = self._argo.trigger(deployed.name, self._user, look)
             # Metaflow names an Argo run after its workflow.
             return self._wait(sweep, variant, workflow, f"{deployed.flow_name}/argo-{workflow}")
         finally:
@@ -462,20 +666,25 @@ class ArgoBackend:
             self._cancelled.wait(self.poll_seconds)
         if phase != "Succeeded":
             return Outcome("failed", run=run, message=f"{phase}: {message}"[:300])
-        if sweep.live_analytics:
-            events.publish(
-                sweep.event, self._settings.webhook_url, events.payload(sweep.tag, run, variant.id)
-            )
-        return Outcome("succeeded", run=run, gflops=_gflops(run))
+        # The variant's end step has published its event from inside the cluster already.
+        gflops, why = _gflops(run)
+        return Outcome("succeeded", run=run, gflops=gflops, message=why)
 
     def cancel(self) -> None:
-        """Stop everything now: queued variants never start, running workflows are terminated."""
+        """Stop everything now: queued variants never start, no event starts another analytics
+        run (the Sensor goes first), running workflows are terminated."""
         self._cancelled.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._argo is not None:
-            for workflow in self._argo.running_from(self._templates):
-                self._argo.terminate(workflow)
+        self._stop_running()
+
+    def _stop_running(self) -> None:
+        if self._argo is None:
+            return
+        if self._sensor and not self.keep_deployments and self._sweep_tag:
+            self._argo.delete("sensors", self._sensor[1], self._sensor[0])
+        for workflow in self._argo.running(self._sweep_tag):
+            self._argo.terminate(workflow)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
@@ -487,13 +696,17 @@ class ArgoBackend:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=interrupted)
             if not interrupted and not self._cancelled.is_set():
-                triggered = self._analytics.trigger()
-                run = triggered.pathspec
-                workflow = run.split("/", 1)[1].removeprefix("argo-")
+                workflow = self._argo.trigger(
+                    self._analytics, self._user, self._analytics_look(sweep)
+                )
+                run = f"SweepAnalyticsFlow/argo-{workflow}"
                 deadline = time.monotonic() + sweep.variant_timeout_seconds
-                while self._argo.phase(workflow)[0] in RUNNING and time.monotonic() < deadline:
-                    if self._cancelled.wait(self.poll_seconds):
+                while (phase := self._argo.phase(workflow))[0] in RUNNING:
+                    if time.monotonic() > deadline or self._cancelled.wait(self.poll_seconds):
                         break
+                if phase[0] != "Succeeded":
+                    print(f"warning: final analytics run {run} ended {phase[0]}: {phase[1]}",
+                          file=sys.stderr)  # fmt: skip
         finally:
             self._teardown()
         return run
@@ -503,21 +716,19 @@ class ArgoBackend:
         if self._torn_down or self._argo is None:
             return
         self._torn_down = True
-        for workflow in self._argo.running_from(self._templates):
-            self._argo.terminate(workflow)
+        self._stop_running()
         if self.keep_deployments:
             return
-        if self._sensor:
-            self._argo.delete("sensors", self._sensor[1], self._sensor[0])
         for template in sorted(self._templates):
             self._argo.delete("workflowtemplates", template)
 
 
-def _gflops(run: str) -> float | None:
-    """The measured figure, where this process can read the run (a metadata service)."""
+def _gflops(run: str) -> tuple[float | None, str | None]:
+    """The figure the variant's pod measured, read back through the metadata service; or None
+    and why not (the result stays safe in Metaflow)."""
     try:
         from metaflow import Run
 
-        return float(Run(run, _namespace_check=False).data.result["gflops"])
-    except Exception:
-        return None
+        return float(Run(run, _namespace_check=False).data.result["gflops"]), None
+    except Exception as error:  # noqa: BLE001 - a figure we cannot read is not a failed variant
+        return None, f"succeeded, but its result is unreadable here: {_one_line(error)}"
