@@ -124,7 +124,8 @@ def test_dag_runs_in_dependency_order_and_passes_outputs_and_parameters(custom, 
                                      {"name": "POD", "valueFrom": {"fieldRef": {
                                          "fieldPath": "metadata.name"}}}]}),
         container("emit", "sleep 0.3; echo hello-from-b > /mnt/out/word",
-                  outputs={"parameters": [{"name": "word", "valueFrom": {"path": "/mnt/out/word"}}]},
+                  outputs={"parameters": [{"name": "word",
+                                           "valueFrom": {"path": "/mnt/out/word"}}]},
                   container={"volumeMounts": [{"name": "out", "mountPath": "/mnt/out"}]}),
     ]  # fmt: skip
     spec = {"arguments": {"parameters": [{"name": "greeting", "value": "hi"}]}}
@@ -245,7 +246,9 @@ def test_metadata_is_kept_ttl_deletes_finished_workflows_and_pod_gc_removes_pods
 
 def test_pods_python_has_the_image_packages_and_nothing_else(custom, cluster, image):
     assert {"torch", "pandas", "matplotlib", "boto3", "requests"} <= set(contents(image))
-    script = ("python -c 'import pandas, boto3, requests' && "
-              "! python -c 'import hydra' 2>/dev/null && ! python -c 'import metaflow' 2>/dev/null")  # fmt: skip
+    script = (
+        "python -c 'import pandas, boto3, requests' && "
+        "! python -c 'import hydra' 2>/dev/null && ! python -c 'import metaflow' 2>/dev/null"
+    )
     workflow = wait(custom, submit(custom, [container("main", script)], entrypoint="main"))
     assert workflow["status"]["phase"] == "Succeeded", cluster.pods[0].folder

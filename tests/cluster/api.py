@@ -219,6 +219,23 @@ class ClusterAPI:
             time.sleep(0.1)
         return False
 
+    def wait_expired(self, max_ttl: float, timeout: float) -> bool:
+        """Wait until every finished Workflow whose TTL is at most ``max_ttl`` s has gone."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                due = [
+                    name
+                    for name, run in self.runs.items()
+                    if run.done.is_set()
+                    and (run.namespace, "workflows", name) in self.objects
+                    and (ttl_seconds(run.spec, run.workflow["status"]["phase"]) or 1e9) <= max_ttl
+                ]
+            if not due:
+                return True
+            time.sleep(0.1)
+        return False
+
     # -- controller hooks --------------------------------------------------------------------
     def pod_folder(self, pod_name: str) -> Path:
         return self.folder / "pods" / pod_name

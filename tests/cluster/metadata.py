@@ -33,6 +33,7 @@ def start_metadata_service(root: Path, log: Path | None = None) -> tuple[subproc
         stderr=subprocess.STDOUT,
         env=env,
         cwd=root,
+        start_new_session=True,  # outlives a Ctrl-C meant for the sweep until it is stopped
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -2,12 +2,18 @@
 
     python tests/cluster/metadata_server.py ROOT PORT
 
-metaflow-local-service 0.2.0 always assigns run and task ids itself. Netflix's metadata
-service keeps the ``run_number`` / ``task_id`` the client sends, and Metaflow on Argo relies on
-it: every pod registers its run as ``argo-<workflow name>`` and its task as ``t-<hash>`` (chosen
-in the pod's shell command), and later pods and the client look them up by those ids. Without
-this a pod's task lands under a run that does not exist and the service answers 500. The store
-functions the package's routes call are wrapped, so every other route is the package's own.
+Two gaps of metaflow-local-service 0.2.0 against Metaflow's own service, which Argo runs hit:
+- it always assigns run and task ids itself. Netflix's metadata service keeps the
+  ``run_number`` / ``task_id`` the client sends, and Metaflow on Argo relies on it: every pod
+  registers its run as ``argo-<workflow name>`` and its task as ``t-<hash>`` (chosen in the
+  pod's shell command), and later pods and the client look them up by those ids. Without this a
+  pod's task lands under a run that does not exist and the service answers 500;
+- it has no route for one artifact (``.../tasks/<id>/artifacts/<name>[/attempt/<n>]``), which
+  the client uses for ``task["_success"]``: without it every ``Task.successful`` and
+  ``Run.successful`` read through the service is False, and the analytics flow sees no variant
+  done.
+The store functions the package's routes call are wrapped and the missing route is added, so
+every other route is the package's own.
 """
 
 from __future__ import annotations
@@ -49,12 +55,37 @@ def honour_client_ids(store) -> None:
     store.create_run, store.create_task = create_run_with_id, create_task_with_id
 
 
+def add_artifact_route(app, store) -> None:
+    from fastapi.responses import JSONResponse
+
+    def latest(records: list[dict], attempt: int | None):
+        if attempt is not None:
+            records = [r for r in records if int(r.get("attempt_id", 0)) == attempt]
+        return max(records, key=lambda r: int(r.get("attempt_id", 0))) if records else None
+
+    base = "/flows/{flow_name}/runs/{run_id}/steps/{step_name}/tasks/{task_id}/artifacts/{name}"
+
+    async def get_artifact(flow_name, run_id, step_name, task_id, name, attempt: int = None):
+        records = [
+            r for r in store.get_artifacts(flow_name, run_id, step_name, task_id)
+            if r.get("name") == name
+        ]  # fmt: skip
+        record = latest(records, attempt)
+        if record is None:
+            return JSONResponse({"message": f"artifact {name} not found"}, status_code=404)
+        return JSONResponse(record)
+
+    app.add_api_route(base, get_artifact, methods=["GET"])
+    app.add_api_route(base + "/attempt/{attempt}", get_artifact, methods=["GET"])
+
+
 def main(root: str, port: int) -> None:
     import uvicorn
     from metaflow_local_service import server, store
 
     honour_client_ids(store)
     app = server.create_app(root)
+    add_artifact_route(app, store)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

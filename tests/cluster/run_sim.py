@@ -25,6 +25,7 @@ TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
+from cluster.image import REQUIREMENTS  # noqa: E402
 from cluster.sim import SimulatedCluster  # noqa: E402
 
 IMAGE = "torchperf-sim:local"  # any name: the simulated cluster pulls no image
@@ -50,7 +51,9 @@ def pod_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(overrides: list[str], *, report_path: Path | None, keep: bool) -> int:
+def run(
+    overrides: list[str], *, report_path: Path | None, keep: bool, requirements: Path = REQUIREMENTS
+) -> int:
     child = None
 
     def forward(signum, _frame):
@@ -59,14 +62,20 @@ def run(overrides: list[str], *, report_path: Path | None, keep: bool) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with SimulatedCluster(keep=keep) as cluster:
-            print(f"simulated cluster: API {cluster.api.url}, pods under {cluster.folder}")
+        with SimulatedCluster(keep=keep, requirements=requirements) as cluster:
+            print(
+                f"simulated cluster: API {cluster.api.url}, pods under {cluster.folder}", flush=True
+            )
             env = {**os.environ, **cluster.environ()}
             env.setdefault("METAFLOW_USER", "torchperf")
             env.pop("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", None)  # no route from here
-            child = subprocess.Popen(sweep_command(overrides), cwd=ROOT, env=env)
+            # Its own process group: a Ctrl-C reaches it once, forwarded from here.
+            child = subprocess.Popen(
+                sweep_command(overrides), cwd=ROOT, env=env, start_new_session=True
+            )
             code = child.wait()
             cluster.api.wait_idle(timeout=30)
+            cluster.api.wait_expired(max_ttl=10, timeout=15)  # short TTLs: let them pass
             report = cluster.report()
             print(pod_table(report))
             left = {kind: names for kind, names in report["left"].items() if names}
@@ -85,8 +94,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--report", type=Path, help="write the cluster's record here (JSON)")
     parser.add_argument("--keep", action="store_true", help="keep the pods' folders")
+    parser.add_argument(
+        "--requirements", type=Path, default=REQUIREMENTS,
+        help="the pods' image requirements (default: image/requirements.txt)",
+    )  # fmt: skip
     options, overrides = parser.parse_known_args(argv)
-    return run(overrides, report_path=options.report, keep=options.keep)
+    return run(
+        overrides, report_path=options.report, keep=options.keep,
+        requirements=options.requirements,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .api import ClusterAPI
 from .image import CACHE, REQUIREMENTS, build
 from .metadata import start_metadata_service
 from .network import EventsWebhook
+from .s3 import start_moto
 
 BUCKET = "torchperf-sim"
 NAMESPACE = "default"
@@ -61,8 +62,6 @@ class SimulatedCluster:
         self.close()
 
     def _start(self) -> None:
-        from s3_server import start_moto  # tests/s3_server.py
-
         self.folder.mkdir(parents=True, exist_ok=True)
         self.image = build(self.requirements)
         moto, self.s3_url = start_moto(BUCKET, S3_KEY, S3_SECRET)
@@ -155,6 +154,8 @@ class SimulatedCluster:
                 },
                 "expired": list(api.expired),
                 "left": {p: api.names(p) for p in ("workflowtemplates", "sensors", "workflows")},
+                "cgroup_parent": api.cgroup_parent,
+                "cluster_folder": str(self.folder),
                 "running_pods": [pod.name for pod in api.running_pods],
             }
 
