@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cluster.api import ClusterAPI, parse_selector, selector_matches
 from cluster.image import CACHE, build, contents
+from cluster.network import EventsWebhook
 from cluster.pods import CGROUP_CPU
 from cluster.templating import TemplateError, depends_satisfied, expand_k8s, substitute
 
@@ -252,3 +253,93 @@ def test_pods_python_has_the_image_packages_and_nothing_else(custom, cluster, im
     )
     workflow = wait(custom, submit(custom, [container("main", script)], entrypoint="main"))
     assert workflow["status"]["phase"] == "Succeeded", cluster.pods[0].folder
+
+
+def test_webhook_takes_events_from_pods_only_and_sensors_start_their_trigger(custom, cluster):
+    # GIVEN a Metaflow-shaped Sensor on event "go" whose trigger passes body.payload on
+    target = [
+        container(
+            "main",
+            "echo '{{workflow.parameters.go}}' > /mnt/out/payload",
+            container={"volumeMounts": [{"name": "out", "mountPath": "/mnt/out"}]},
+        )
+    ]
+    template = {
+        "metadata": {"name": "analytics"},
+        "spec": {
+            "entrypoint": "main",
+            "templates": target,
+            "arguments": {"parameters": [{"name": "go", "value": "null"}]},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "workflowtemplates", template)
+    resource = {
+        "metadata": {"generateName": "analytics-"},
+        "spec": {
+            "workflowTemplateRef": {"name": "analytics"},
+            "arguments": {"parameters": [{"name": "go", "value": "null"}]},
+        },
+    }
+    sensor = {
+        "metadata": {"name": "s"},
+        "spec": {
+            "dependencies": [
+                {
+                    "name": "go",
+                    "filters": {
+                        "exprs": [
+                            {
+                                "expr": "name == 'go'",
+                                "fields": [{"name": "name", "path": "body.payload.name"}],
+                            }
+                        ]
+                    },
+                }
+            ],
+            "triggers": [
+                {
+                    "template": {
+                        "k8s": {
+                            "source": {"resource": resource},
+                            "parameters": [
+                                {
+                                    "src": {
+                                        "dependencyName": "go",
+                                        "dataKey": "body.payload",
+                                        "value": "null",
+                                    },
+                                    "dest": "spec.arguments.parameters.#(name=go).value",
+                                }
+                            ],
+                        }
+                    }
+                }
+            ],
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, "sensors", sensor)
+    with EventsWebhook(cluster) as webhook:
+        # WHEN this process posts an event THEN its connection is dropped, nothing starts
+        import urllib.request
+
+        body = json.dumps({"payload": {"name": "go", "run": "F/1"}}).encode()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(urllib.request.Request(webhook.internal_url, data=body))
+        assert cluster.events == [] and len(webhook.refused) == 1
+        # WHEN a pod posts it THEN the Sensor starts its workflow with the payload as parameter
+        post = (
+            "python -c 'import os, urllib.request; urllib.request.urlopen(urllib.request."
+            'Request(os.environ["URL"], data=os.environ["BODY"].encode()))\''
+        )
+        env = {
+            "env": [
+                {"name": "URL", "value": webhook.internal_url},
+                {"name": "BODY", "value": body.decode()},
+            ]
+        }
+        publisher = submit(custom, [container("main", post, container=env)], entrypoint="main")
+        assert wait(custom, publisher)["status"]["phase"] == "Succeeded"
+    (started,) = [name for _, name in cluster.triggered]
+    assert wait(custom, started)["status"]["phase"] == "Succeeded"
+    pod = next(pod for pod in cluster.pods if pod.workflow == started)
+    assert json.loads(pod.host_path("/mnt/out/payload").read_text()) == {"name": "go", "run": "F/1"}

@@ -43,16 +43,18 @@ def socket_owners(inode: int) -> list[int]:
     """Processes holding a socket (every pid with an fd on ``socket:[inode]``)."""
     target = f"socket:[{inode}]"
     owners = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         try:
-            for fd in os.scandir(f"/proc/{entry.name}/fd"):
-                if os.readlink(fd.path) == target:
-                    owners.append(int(entry.name))
-                    break
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    owners.append(int(pid))
+                    break
+            except OSError:
+                continue
     return owners
 
 
