@@ -5,10 +5,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help sweep test lint format bench image push clean
+.PHONY: help sweep test lint format bench argo-sim image push clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ format: $(BIN)/.installed  ## ruff format in place
 
 bench: $(BIN)/.installed  ## print the benchmark figures (fidelity, sweep overhead, analytics scaling, argo fan-out)
 	for b in benchmarks/*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
+
+argo-sim: $(BIN)/.installed  ## an Argo sweep on the simulated cluster, every step run here (root; ARGS="cpu=1,2 tensor_dim=32,64")
+	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python tests/cluster/run_sim.py $(ARGS)
 
 image:  ## build the pods' image for Argo from image/ (make image IMAGE=registry/torchperf:2.13.0; needs docker)
 	@test -n "$(IMAGE)" || { echo "error: IMAGE is not set: make image IMAGE=registry/name:tag" >&2; exit 2; }
