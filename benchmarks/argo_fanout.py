@@ -99,8 +99,8 @@ def main() -> None:
     from kube_api import KubeAPI
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-fanout-"))
-    from metadata_service import start_metadata_service
-    from s3_server import start_moto
+    from cluster.metadata import start_metadata_service
+    from cluster.s3 import start_moto
 
     s3, s3_url = start_moto("torchperf", "bench", "bench")
     service, service_url = start_metadata_service(scratch / "metadata")

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cluster.metadata import start_metadata_service
+from cluster.s3 import start_moto
 from kube_api import KubeAPI
-from metadata_service import start_metadata_service
-from s3_server import start_moto
 
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
