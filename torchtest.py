@@ -42,7 +42,7 @@ class TorchPerfFlow(FlowSpec):
     @step
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
-        from torchperf import bench, live
+        from torchperf import bench, cgroups, live
         from torchperf.quiet import card_renders_running, cores_lock
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
@@ -57,6 +57,8 @@ class TorchPerfFlow(FlowSpec):
         # Card renders run on the cores not measured (if any), so they do not cool the caches.
         spare = [core for core in allowed if core not in affinity] or None
         card = live.BenchmarkCard(current.card["benchmark"], settings, render_cores=spare)
+        # In a pod the CFS quota bounds the threads, and throttling lowers the figure: record both.
+        quota, throttled_before = cgroups.cpu_quota(), cgroups.throttling()
         with cores_lock(settings.cores_lock):
             result = bench.measure(
                 settings.tensor_dim,
@@ -66,7 +68,10 @@ class TorchPerfFlow(FlowSpec):
                 on_progress=card.update,
                 busy=card_renders_running,
             )
-        self.result = {**result, "affinity": affinity}
+        limits = cgroups.limits_report(
+            settings.cpu, affinity, quota, throttled_before, cgroups.throttling()
+        )
+        self.result = {**result, "affinity": affinity, **limits}
         card.finish(self.result)
         self.next(self.end)
 

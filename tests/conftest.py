@@ -29,6 +29,14 @@ def pytest_configure(config):
     os.environ["METAFLOW_DEFAULT_METADATA"] = "local"
     os.environ.setdefault("METAFLOW_USER", "torchperf-tests")
     sys.path.insert(0, str(ROOT))
+    # Before any test uses Metaflow's Runner or Deployer: their typeguard brings Metaflow's
+    # vendored typing_extensions, which breaks generic classes defined after it by the current
+    # typing_extensions (hera's, torch's). See manifests.import_models.
+    import torch  # noqa: F401
+
+    from torchperf.manifests import import_models
+
+    import_models()
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from s3_server import start_moto
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
 from torchperf.manifests import TITLE
-from torchperf.plan import branch_name, event_name
+from torchperf.plan import Variant, branch_name, event_name
 from torchperf.settings import ConfigError, VariantSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,6 @@ def make_sweep(tmp_path, tag, grid, *, dry_run=False, timeout=30.0) -> SweepSpec
     planned = []
     for cpu, tensor_dim in grid:
         settings = VariantSettings(cpu=cpu, tensor_dim=tensor_dim, measure_seconds=0.2, tag=tag)
-        from torchperf.plan import Variant
-
         planned.append((Variant(cpu, tensor_dim, branch_name(tag, cpu, tensor_dim)), settings))
     return SweepSpec(
         tag=tag,
@@ -140,6 +138,34 @@ def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api
     assert "analytics" in analytics_template["metadata"]["annotations"][TITLE]
     for path in folder.iterdir():
         assert SECRET not in path.read_text(), path.name
+
+
+def test_pods_get_the_internal_urls_and_cuda_variants_a_gpu_and_their_image(environ, api, tmp_path):
+    # GIVEN in-cluster addresses for the metadata service and a cpu and a cuda variant
+    environ["METAFLOW_SERVICE_INTERNAL_URL"] = "http://metadata.internal:8080"
+    tag = "gputag"
+    cuda = VariantSettings(cpu=1, tensor_dim=64, measure_seconds=0.2, device="cuda", tag=tag)
+    sweep = make_sweep(tmp_path, tag, [(1, 64)], dry_run=True)
+    sweep.planned.append((Variant(1, 64, branch_name(tag, 1, 64, "cuda"), "cuda"), cuda))
+    # WHEN the dry run compiles them
+    run_sweep(ArgoBackend(environ=environ, image=IMAGE, cuda_image="cuda:img"), sweep)
+    folder = sweep.sweep_dir / "manifests"
+
+    def start(name):
+        template = json.loads((folder / f"{name}.workflowtemplate.json").read_text())
+        return next(t for t in template["spec"]["templates"] if t["name"] == "start")["container"]
+
+    # THEN pods talk to the in-cluster service and webhook, never to this machine's addresses
+    cpu_start = start("c1_n64")
+    env = {e["name"]: e.get("value") for e in cpu_start["env"]}
+    assert env["METAFLOW_SERVICE_URL"] == "http://metadata.internal:8080"
+    assert env["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"] == f"{api.url}/webhook"
+    # ... and only the cuda variant asks for a GPU and runs in the cuda image
+    assert "nvidia.com/gpu" not in json.dumps(cpu_start["resources"])
+    assert cpu_start["image"] == IMAGE
+    gpu_start = start("c1_n64_cuda")
+    assert gpu_start["resources"]["limits"]["nvidia.com/gpu"] in ("1", 1)
+    assert gpu_start["image"] == "cuda:img"
 
 
 def test_dry_run_needs_only_what_compiling_needs_and_lists_the_rest(environ, api, tmp_path, capsys):

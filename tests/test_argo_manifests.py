@@ -149,8 +149,9 @@ def test_workflow_look_keeps_the_variant_readable_and_within_name_limits():
     assert len(long.generate_name) + manifests.GENERATED_SUFFIX <= manifests.MAX_WORKFLOW_NAME
 
 
-def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=None):
-    resources = {"requests": {"cpu": cpu}, "limits": {"cpu": limit} if limit else {}}
+def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=None, gpus=None):
+    limits = ({"cpu": limit} if limit else {}) | ({"nvidia.com/gpu": gpus} if gpus else {})
+    resources = {"requests": {"cpu": cpu}, "limits": limits}
     return {
         "metadata": {
             "name": "x",
@@ -165,8 +166,8 @@ def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=
     }
 
 
-def problems(document, qos=False):
-    settings = VariantSettings(cpu=2, tensor_dim=64)
+def problems(document, qos=False, device="cpu"):
+    settings = VariantSettings(cpu=2, tensor_dim=64, device=device)
     return manifests.variant_problems(document, settings, "t_c2_n64", "t", guaranteed_qos=qos)
 
 
@@ -183,10 +184,16 @@ def test_a_good_variant_template_has_no_problem():
         (template(branch="test.other"), False, "branch is test.other"),
         (template(tags='["other"]'), False, "lack t"),
         (template(title="torchperf"), False, "title"),
+        (template(gpus="1"), False, "asks for 1 GPUs for device=cpu"),
     ],
 )
 def test_variant_invariants_catch_each_deviation(document, qos, words):
     assert words in problems(document, qos)[0]
+
+
+def test_a_cuda_variant_must_ask_for_one_gpu():
+    assert problems(template(gpus="1"), device="cuda") == []
+    assert "not 1 for device=cuda" in problems(template(), device="cuda")[0]
 
 
 def sensor(expr="name == 'torchperf_t'", branch="test.t_analytics"):

@@ -52,6 +52,20 @@ def test_threads_and_pinned_cores_match_cpu(runs):
         assert set(result["affinity"]) <= os.sched_getaffinity(0)
 
 
+def test_the_cgroup_view_of_the_measurement_is_recorded(runs):
+    from torchperf import cgroups
+
+    # This machine's own cgroup, read the same way the step read it.
+    quota = cgroups.cpu_quota()
+    for (cpu, _), run in runs.items():
+        result = run.data.result
+        assert result["cpu_quota"] == quota
+        expected = len(result["affinity"]) if quota is None else min(cpu, quota)
+        assert result["usable_cpus"] == expected
+        assert isinstance(result["warnings"], list)
+        assert result["throttled"] == bool(result["throttled_periods"])
+
+
 def test_measuring_lasts_at_least_the_budget(runs):
     for run in runs.values():
         assert run.data.result["measure_seconds"] >= run.data.config["measure_seconds"]

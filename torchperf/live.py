@@ -67,6 +67,7 @@ class BenchmarkCard:
         self._status.update(
             f"**{result['gflops']:.1f} GFLOP/s** median"
             + (" · **noisy**: samples spread more than 5 %" if result["noisy"] else "")
+            + "".join(f" · **warning**: {warning}" for warning in result.get("warnings", []))
         )
         self._bar.update(100)
         rows = [
@@ -78,6 +79,16 @@ class BenchmarkCard:
             ["warm-up seconds", f"{result['warmup_seconds']:.2f}"],
             ["threads", str(result["threads"])],
             ["cores", ", ".join(map(str, result["affinity"]))],
+            [
+                "CPU quota (cgroup)",
+                "none" if result.get("cpu_quota") is None else f"{result['cpu_quota']:g} CPUs",
+            ],
+            [
+                "throttled while measuring",
+                "not measured"
+                if result.get("throttled_periods") is None
+                else f"{result['throttled_periods']} periods, {result['throttled_seconds']:.3f} s",
+            ],
             ["device", result["device"]],
             ["torch", result["torch_version"]],
         ]

@@ -19,6 +19,7 @@ REDACTED = "<redacted>"
 # Labels on every Workflow the sweep starts: the Argo UI filters by them, and so does the sweep.
 TAG_LABEL, VARIANT_LABEL = "torchperf/tag", "torchperf/variant"
 TITLE, DESCRIPTION = "workflows.argoproj.io/title", "workflows.argoproj.io/description"
+GPU_RESOURCE = "nvidia.com/gpu"  # what Metaflow's @resources(gpu=1) asks Kubernetes for
 # Env vars whose values may carry credentials (service headers carry API keys).
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|HEADERS|AUTH|KEY", re.IGNORECASE)
 # Annotations that carry a credential: the production token authorizes redeploys.
@@ -169,6 +170,11 @@ def variant_problems(
         problems.append(f"start's cpu request is {requests.get('cpu')}, not cpu={settings.cpu}")
     if guaranteed_qos and ("cpu" not in limits or _cpus(limits["cpu"]) != settings.cpu):
         problems.append(f"start's cpu limit is {limits.get('cpu')}, not cpu={settings.cpu}")
+    gpus = (limits or {}).get(GPU_RESOURCE)
+    if settings.device == "cuda" and str(gpus) != "1":
+        problems.append(f"start asks for {gpus} GPUs, not 1 for device=cuda")
+    if settings.device != "cuda" and gpus is not None:
+        problems.append(f"start asks for {gpus} GPUs for device={settings.device}")
     if annotations.get("metaflow/branch_name") != f"test.{branch}":
         problems.append(f"branch is {annotations.get('metaflow/branch_name')}, not test.{branch}")
     if tag not in json.loads(annotations.get("metaflow/tags", "[]")):

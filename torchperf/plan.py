@@ -60,10 +60,11 @@ class Variant:
     cpu: int
     tensor_dim: int
     branch: str
+    device: str = "cpu"
 
     @property
     def id(self) -> str:
-        return variant_id(self.cpu, self.tensor_dim)
+        return variant_id(self.cpu, self.tensor_dim, self.device)
 
 
 def grid(params: Mapping[str, Iterable]) -> list[dict]:

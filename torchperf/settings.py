@@ -59,15 +59,22 @@ def matrix_bytes(tensor_dim: int) -> int:
 
 
 def available_memory_bytes() -> int:
-    """Memory this process may still use (Linux), or a conservative guess elsewhere."""
+    """Memory this process may still use: the node's available memory (Linux), or a
+    conservative guess elsewhere, bounded by the cgroup's limit (a pod's, for one)."""
+    from torchperf.cgroups import memory_limit_bytes
+
+    node = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    node = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if node is None:
+        node = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    limit = memory_limit_bytes()
+    return node if limit is None else min(node, limit)
 
 
 def usable_cores() -> list[int]:

@@ -56,7 +56,7 @@ def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
         | {"tag": tag, "event": event_name(tag)}
     )
     branch = branch_name(tag, settings.cpu, settings.tensor_dim, settings.device)
-    return Variant(settings.cpu, settings.tensor_dim, branch), settings
+    return Variant(settings.cpu, settings.tensor_dim, branch, settings.device), settings
 
 
 def plan_variants(
