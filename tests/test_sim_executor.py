@@ -15,10 +15,11 @@ import pytest
 from cluster.api import ClusterAPI, parse_selector, selector_matches
 from cluster.image import CACHE, build, contents
 from cluster.network import EventsWebhook
-from cluster.pods import CGROUP_CPU
+from cluster.pods import CGROUP_CPU, pods_unsupported
 from cluster.templating import TemplateError, depends_satisfied, expand_k8s, substitute
 
-pytestmark = pytest.mark.sim
+UNSUPPORTED = pods_unsupported()
+pytestmark = [pytest.mark.sim, pytest.mark.skipif(bool(UNSUPPORTED), reason=str(UNSUPPORTED))]
 GROUP, VERSION, NS = "argoproj.io", "v1alpha1", "default"
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster.pods import CGROUP_CPU
+from cluster.pods import CGROUP_CPU, pods_unsupported
 from conftest import card_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ TINY = ["measure_seconds=0.2", "backend.poll_seconds=1", "backend.workflow_ttl_s
 pytestmark = [
     pytest.mark.sim,
     pytest.mark.e2e,
-    pytest.mark.skipif(os.geteuid() != 0, reason="pods need root (mount namespaces, cgroups)"),
+    pytest.mark.skipif(bool(pods_unsupported()), reason=str(pods_unsupported())),
 ]
 
 

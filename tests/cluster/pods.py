@@ -53,6 +53,19 @@ def cpu_limit(container: dict) -> float | None:
     return None
 
 
+def pods_unsupported() -> str | None:
+    """Why pods cannot run on this machine (None when they can): they need a mount namespace."""
+    try:
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unshare is not usable: {error}"
+    if done.returncode:
+        return f"unshare -m failed: {done.stderr.decode().strip()[:200]} (pods need root)"
+    return None
+
+
 class CgroupUnavailable(RuntimeError):
     pass
 
