@@ -69,3 +69,45 @@ def test_a_bad_job_anywhere_in_the_grid_stops_the_batch_before_anything_runs(mul
         multirun(backend, "cpu=1", "tensor_dim=32,0")
     assert exited.value.code == 2
     assert backend.calls == []
+
+
+# optuna 2.10.1 (the release hydra-optuna-sweeper 1.3.0 works with) still uses SQLAlchemy 1.x names.
+@pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
+def test_an_optimizing_sweepers_batches_go_through_the_launcher(
+    hydra_sweep_runner, monkeypatch, tmp_path
+):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
+    import yaml
+
+    register_resolvers()
+    backend = FakeBackend()
+    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
+    # GIVEN Optuna asking for 4 trials, 2 per batch
+    overrides = [
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.sampler.seed=1",
+        "cpu=range(1,3)",
+        "tensor_dim=choice(32,64)",
+    ]
+    runner = hydra_sweep_runner(
+        calling_file=str(ROOT / "sweep_deployer.py"),
+        calling_module=None,
+        task_function=None,
+        config_path=".",
+        config_name="config",
+        overrides=overrides,
+        temp_dir=tmp_path / "sweep",
+    )
+    with runner:
+        summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
+        best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    # THEN each batch was one sweep batch (started, run, finished), all under one tag
+    assert [call[0] for call in backend.calls].count("start") == 2
+    assert len([call for call in backend.calls if call[0] == "run"]) <= 4
+    assert len({v["branch"].rsplit("_c", 1)[0] for v in summary["variants"]}) == 1
+    # AND Optuna saw the variants' figures (the fake gives cpu * 10 GFLOP/s)
+    assert best["best_value"] == max(v["gflops"] for v in summary["variants"])
+    sweep_module._current = None
