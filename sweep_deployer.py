@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent
 
 @hydra.main(version_base=None, config_path=".", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """One Hydra job: one variant; returns its GFLOP/s so that optimizing sweepers can use it."""
-    return hydra_app.run_job(cfg)
+    """Without -m: the one variant the config describes; its GFLOP/s. With -m, torchperf's
+    launcher (hydra_plugins/torchperf_launcher) runs each batch of jobs through the backend."""
+    return hydra_app.run_single(cfg)
 
 
 def _terminate(signum, frame):
@@ -42,5 +43,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit(sweep.interrupt())
     finally:
-        sweep.interrupt()  # still open only if Hydra exited on an error: stop what was started
+        sweep.interrupt()  # a no-op unless Hydra failed with a batch open: stop what it started
     sys.exit(sweep.last_exit_status())

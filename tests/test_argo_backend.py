@@ -373,3 +373,22 @@ def test_signal_mid_sweep_terminates_workflows_and_deletes_everything(
     assert driver.returncode == 130, out
     assert api.running() == []
     assert api.names("workflowtemplates") == [] and api.names("sensors") == []
+
+
+def test_start_puts_the_pending_variants_in_flight_and_not_the_resumed_ones(environ, api, tmp_path):
+    # GIVEN a resumed sweep whose first variant succeeded before: only the second is pending
+    sweep = make_sweep(tmp_path, "resumetag", [(1, 64), (2, 64)])
+    sweep.pending = sweep.planned[1:]
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    # WHEN the launcher's batch starts, before any job asks for its variant
+    backend.start(sweep)
+    # the analytics flow is deployed at once (the variants follow in the pool's threads)
+    assert len(api.names("workflowtemplates")) >= 1
+    variant, settings = sweep.pending[0]
+    outcome = backend.run_variant(sweep, variant, settings)
+    backend.finish(sweep, interrupted=False)
+    # THEN the pending variant ran, the resumed one did not run again
+    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
+    assert outcome.status == "succeeded"
+    assert "c2_n64" in ran and "c1_n64" not in ran

@@ -6,13 +6,20 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
 from torchperf.hydra_app import cpu_grid
-from torchperf.plan import expand_overrides
 from torchperf.settings import DEFAULT_VARIANT, usable_cores, validate_variant
 
 
 def grid_of(config):
+    """The jobs Hydra's basic sweeper makes of a composed config's sweeper params."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True)
-    return expand_overrides(params, [])
+    parser = OverridesParser.create()
+    (jobs,) = BasicSweeper.split_arguments(
+        parser.parse_overrides([f"{k}={v}" for k, v in params.items()]), None
+    )
+    return [{ov.key_or_group: ov.value() for ov in parser.parse_overrides(job)} for job in jobs]
 
 
 def test_defaults_are_a_valid_variant_on_the_local_backend(compose_config):

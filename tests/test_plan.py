@@ -13,7 +13,6 @@ from torchperf.plan import (
     check_overrides,
     check_tag,
     event_name,
-    expand_overrides,
     new_sweep_tag,
 )
 from torchperf.settings import ConfigError
@@ -56,22 +55,6 @@ def test_event_names_the_tag():
     assert tag in event_name(tag) and re.match(r"^[a-z0-9_]+$", event_name(tag))
 
 
-def test_grid_follows_hydra_order_and_command_line_wins():
-    jobs = expand_overrides({"cpu": "1,2", "tensor_dim": "512,1024"}, ["tensor_dim=64,128"])
-    assert jobs == [
-        {"cpu": 1, "tensor_dim": 64},
-        {"cpu": 1, "tensor_dim": 128},
-        {"cpu": 2, "tensor_dim": 64},
-        {"cpu": 2, "tensor_dim": 128},
-    ]
-
-
-def test_grid_understands_range_with_stop_excluded():
-    jobs = expand_overrides({"cpu": "range(1,16)", "tensor_dim": "1000,1250,1500"}, [])
-    assert len(jobs) == 45
-    assert {job["cpu"] for job in jobs} == set(range(1, 16))
-
-
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -90,7 +73,7 @@ def test_command_line_errors_are_one_line(arguments, message):
 
 def test_hydra_settings_and_known_keys_pass():
     check_overrides(
-        ["cpu=1,2", "hydra.sweep.dir=/tmp/x", "hydra/launcher=joblib", "backend=argo"],
+        ["cpu=1,2", "hydra.sweep.dir=/tmp/x", "hydra/launcher=basic", "backend=argo"],
         ["cpu"],
         {"backend": ["local", "argo"]},
     )

@@ -73,24 +73,6 @@ def grid(params: Mapping[str, Iterable]) -> list[dict]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*params.values())]
 
 
-def expand_overrides(params: Mapping[str, str], arguments: Iterable[str]) -> list[dict]:
-    """The jobs Hydra's basic sweeper will launch, as {key: value} of their overrides.
-
-    ``params`` is ``hydra.sweeper.params`` and ``arguments`` the command line's overrides,
-    which win over params for the same key, exactly as in the basic sweeper.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    return [
-        {ov.key_or_group: ov.value() for ov in parser.parse_overrides(job) if not ov.is_delete()}
-        for job in jobs
-    ]
-
-
 def check_overrides(
     arguments: Iterable[str],
     known_keys: Iterable[str],

@@ -1,7 +1,9 @@
-"""One sweep in this process: its identity, its plan, its backend, its summary and its display.
+"""One batch of a sweep in this process: its identity, its plan, its backend, its summary and
+its display.
 
-The Hydra callback opens it once before the first job and closes it once at the end; every
-Hydra job runs one variant through it. Nothing here knows how a variant runs: the backend does.
+torchperf's Hydra launcher opens one for each batch the sweeper hands it (the whole grid from the
+basic sweeper), runs every job's variant through it and closes it; the batches of one multirun
+share the tag and the summary. Nothing here knows how a variant runs: the backend does.
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ class Sweep:
         backend_name: str,
         done: dict[str, Done] | None = None,
         display: bool = True,
+        summary: SweepSummary | None = None,
     ):
         self.spec = spec
         self.backend = backend
         self.done = done or {}
-        self.summary = SweepSummary(
+        self.summary = summary or SweepSummary(
             spec.sweep_dir, spec.tag, backend_name, len(spec.planned) or None
         )
         self.progress = SweepProgress(spec.tag, len(spec.planned) or None) if display else None
@@ -104,19 +107,23 @@ class Sweep:
         sweep_dir: Path,
         backend: Backend | None = None,
         display: bool = True,
+        tag: str | None = None,
+        summary: SweepSummary | None = None,
     ) -> Sweep:
         """Check everything and prepare the backend; ConfigError before anything runs.
 
         ``jobs`` is the list of each job's overrides when known up front (the basic sweeper),
         None when a sweeper chooses values as it goes (Optuna, Ax, Nevergrad). ``backend``
-        replaces the one the config names (tests).
+        replaces the one the config names (tests). ``tag`` and ``summary`` continue the sweep
+        of an earlier batch of the same multirun.
         """
         global _current
-        tag = check_tag(str(config.tag)) if config.tag else new_sweep_tag()
+        resumed = bool(tag or config.tag)
+        tag = tag or (check_tag(str(config.tag)) if config.tag else new_sweep_tag())
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
         planned = plan_variants(base, jobs or [], tag)
         # A given tag resumes that sweep: what already succeeded is not run again.
-        done = succeeded_variants(tag) if config.tag else {}
+        done = succeeded_variants(tag) if resumed else {}
         spec = SweepSpec(
             tag=tag,
             event=event_name(tag),
@@ -131,7 +138,7 @@ class Sweep:
         name = options.get("name", "local")
         backend = backend or make_backend(name, options)
         backend.preflight(spec)
-        _current = cls(spec, backend, name, done, display)
+        _current = cls(spec, backend, name, done, display, summary)
         backend.start(spec)  # close() stops whatever it started, whatever happens next
         return _current
 

@@ -1,11 +1,9 @@
 """Run the sweep on Argo Workflows through Metaflow's Deployer.
 
-Fan-out lives here, not in Hydra's launcher: the first ``run_variant`` deploys the analytics
-flow and submits every planned variant to a pool of ``max_parallel`` threads; each later
-``run_variant`` only waits for its own variant's future. Hydra's basic launcher may then call
-``run_variant`` one job at a time while up to ``max_parallel`` variants are in flight. (The joblib
-launcher cannot do this: its process workers would each own a backend, and its threading backend
-shares Hydra's global job config between threads.)
+Fan-out: torchperf's Hydra launcher hands the sweep the whole batch, so ``start`` deploys the
+analytics flow and submits every pending variant to a pool of ``max_parallel`` threads; each
+``run_variant`` then only waits for its own variant's future (one not planned, from a sweeper
+that chooses values as it goes, is submitted when it comes).
 
 Metaflow's Deployer compiles and creates (one subprocess each, with this backend's settings in
 ``env=``); trigger, status, terminate and delete are single Kubernetes API calls made here, the
@@ -591,13 +589,21 @@ class ArgoBackend:
         # Before any event: the Sensor's Workflows take their labels and TTL from the template.
         self._argo.dress_template(deployed.name, self._analytics_look(sweep))
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="argo-variant")
+        # What already succeeded under a resumed tag is not pending: it does not run again.
+        # (A spec without a pending list, as the backend's own tests build, runs every one.)
+        pending = {variant.id for variant, _ in sweep.pending} or set(self._planned)
         for item in self._planned.values():
+            if item.variant.id not in pending:
+                continue
             self._futures[item.variant.id] = self._pool.submit(
                 self._run, sweep, item.variant, item.settings
             )
 
     def start(self, sweep: SweepSpec) -> None:
-        """Nothing ahead of the jobs: the first one deploys and puts every variant in flight."""
+        """The batch is known: deploy and put every pending variant in flight at once."""
+        if sweep.pending and not sweep.dry_run:
+            with self._lock:
+                self._start(sweep)
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         if sweep.dry_run:

@@ -1,0 +1,113 @@
+"""torchperf's Hydra launcher, driven by Hydra's own sweep runner (as Hydra tests its launchers),
+with a fake backend: nothing starts, every call is recorded."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_sweep import FakeBackend
+from torchperf import sweep as sweep_module
+from torchperf.hydra_app import register_resolvers
+from torchperf.summary import FILENAME
+
+
+@pytest.fixture
+def multirun(hydra_sweep_runner, monkeypatch, tmp_path):
+    """Run ``sweep_deployer``'s config as a multirun in this process, on ``backend``."""
+    register_resolvers()
+
+    def _run(backend, *overrides):
+        monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
+        runner = hydra_sweep_runner(
+            calling_file=str(ROOT / "sweep_deployer.py"),
+            calling_module=None,
+            task_function=None,
+            config_path=".",
+            config_name="config",
+            overrides=list(overrides),
+            temp_dir=tmp_path / "sweep",
+        )
+        with runner as ran:
+            (batch,) = ran.returns
+            summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
+            job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+            return batch, summary, job_dirs
+
+    yield _run
+    sweep_module._current = None
+
+
+def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
+    backend = FakeBackend(fail={(2, 32)})
+    batch, summary, job_dirs = multirun(backend, "cpu=1,2", "tensor_dim=32,64")
+    # GIVEN one batch of four jobs: checked together, then run in Hydra's order
+    assert backend.calls[:2] == [("preflight", 4), ("start", 4)]
+    runs = [call[1:] for call in backend.calls if call[0] == "run"]
+    assert runs == [(1, 32), (1, 64), (2, 32), (2, 64)]
+    assert backend.calls[-1] == ("finish", False)
+    # THEN each JobReturn carries its variant's GFLOP/s (NaN: a failed trial)
+    values = [job.return_value for job in batch]
+    assert values[:2] == [10.0, 10.0] and math.isnan(values[2]) and values[3] == 20.0
+    assert [job.overrides for job in batch][0] == ["cpu=1", "tensor_dim=32"]
+    # AND Hydra's per-job dirs and the sweep's summary are there
+    assert job_dirs == ["0_cpu1_n32", "1_cpu1_n64", "2_cpu2_n32", "3_cpu2_n64"]
+    assert summary["planned"] == 4 and len(summary["variants"]) == 4
+
+
+def test_the_command_line_wins_over_the_presets_grid(multirun):
+    backend = FakeBackend()
+    batch, _, _ = multirun(backend, "sweep=smoke", "tensor_dim=48")
+    assert [call[1:] for call in backend.calls if call[0] == "run"] == [(1, 48)]
+    assert len(batch) == 1
+
+
+def test_a_bad_job_anywhere_in_the_grid_stops_the_batch_before_anything_runs(multirun):
+    backend = FakeBackend()
+    with pytest.raises(SystemExit) as exited:
+        multirun(backend, "cpu=1", "tensor_dim=32,0")
+    assert exited.value.code == 2
+    assert backend.calls == []
+
+
+# optuna 2.10.1 (the release hydra-optuna-sweeper 1.3.0 works with) still uses SQLAlchemy 1.x names.
+@pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
+def test_an_optimizing_sweepers_batches_go_through_the_launcher(
+    hydra_sweep_runner, monkeypatch, tmp_path
+):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
+    import yaml
+
+    register_resolvers()
+    backend = FakeBackend()
+    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
+    # GIVEN Optuna asking for 4 trials, 2 per batch
+    overrides = [
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.sampler.seed=1",
+        "cpu=range(1,3)",
+        "tensor_dim=choice(32,64)",
+    ]
+    runner = hydra_sweep_runner(
+        calling_file=str(ROOT / "sweep_deployer.py"),
+        calling_module=None,
+        task_function=None,
+        config_path=".",
+        config_name="config",
+        overrides=overrides,
+        temp_dir=tmp_path / "sweep",
+    )
+    with runner:
+        summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
+        best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    # THEN each batch was one sweep batch (started, run, finished), all under one tag
+    assert [call[0] for call in backend.calls].count("start") == 2
+    assert len([call for call in backend.calls if call[0] == "run"]) <= 4
+    assert len({v["branch"].rsplit("_c", 1)[0] for v in summary["variants"]}) == 1
+    # AND Optuna saw the variants' figures (the fake gives cpu * 10 GFLOP/s)
+    assert best["best_value"] == max(v["gflops"] for v in summary["variants"])
+    sweep_module._current = None
