@@ -19,7 +19,9 @@ from torchperf.settings import ConfigError
 ROOT = Path(__file__).resolve().parent
 
 
-@hydra.main(version_base=None, config_path=".", config_name="config")
+# conf/config.yaml links to the root config.yaml: with the root itself as the config folder,
+# --help and --hydra-help would walk .venv and .metaflow for config groups (minutes).
+@hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Without -m: the one variant the config describes; its GFLOP/s. With -m, torchperf's
     launcher (hydra_plugins/torchperf_launcher) runs each batch of jobs through the backend."""
