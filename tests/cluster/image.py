@@ -93,7 +93,8 @@ def build(requirements_file: Path = REQUIREMENTS, cache: Path = CACHE) -> Path:
     dists = resolve(read_requirements(requirements_file))
     fingerprint = hashlib.sha256(
         "\n".join(
-            [sys.prefix, Path(requirements_file).read_text()]
+            # "hard links": environments linked the older way (symlinks) are not reused.
+            [sys.prefix, "hard links", Path(requirements_file).read_text()]
             + [f"{d.metadata['Name']}=={d.version}" for d in dists]
         ).encode()
     ).hexdigest()[:12]
@@ -113,7 +114,7 @@ def build(requirements_file: Path = REQUIREMENTS, cache: Path = CACHE) -> Path:
         source_site = Path(dist.locate_file(""))
         for entry in _top_level_entries(dist):
             if (source_site / entry).exists() and not (site / entry).exists():
-                (site / entry).symlink_to(source_site / entry)
+                _link_tree(source_site / entry, site / entry)
     names = sorted(d.metadata["Name"] for d in dists)
     (staging / "image-contents.txt").write_text("\n".join(names) + "\n")
     # The venv records its own path: move it into place under the final name, then fix that.
@@ -125,6 +126,21 @@ def build(requirements_file: Path = REQUIREMENTS, cache: Path = CACHE) -> Path:
     config.write_text(re.sub(re.escape(str(staging)), str(target), config.read_text()))
     (target / ".complete").write_text("")
     return target
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard links where the file system allows (a pod's private /tmp hides a project venv that
+    lives under /tmp, and symlinks into it would dangle there), else a symlink."""
+    try:
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True, copy_function=os.link)
+        else:
+            os.link(source, target)
+    except OSError:
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(
+            missing_ok=True
+        )
+        target.symlink_to(source)
 
 
 def contents(image: Path) -> list[str]:
