@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+from torchperf.errors import one_line
+
 
 def payload(tag: str, run: str | None, variant: str | None) -> dict:
     """What the analytics run may read from its trigger; nothing secret goes in here."""
@@ -31,6 +33,6 @@ def announce(event: str | None, body: dict) -> str | None:
     try:
         return ArgoEvent(event).safe_publish(payload=body, ignore_errors=False)
     except Exception as error:  # noqa: BLE001 - a lost event must not fail a measured variant
-        why = (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]
+        why = one_line(error)
         print(f"warning: event {event} not published ({why})", file=sys.stderr)
         return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from torchperf import sweep
+from torchperf.errors import fail, one_line
 from torchperf.plan import SWEPT_KEYS, check_overrides
 from torchperf.settings import ConfigError, usable_cores
 
@@ -72,17 +72,9 @@ def check_command_line(arguments: list[str], root: Path) -> None:
     check_overrides(overrides, known, groups, group_keys)
 
 
-def fail(error: ConfigError) -> None:
-    """Bad input: one line on stderr and exit status 2, before anything runs."""
-    print(f"error: {error}", file=sys.stderr)
-    # SystemExit passes through Hydra's error reporting untouched.
-    sys.exit(2)
-
-
 def unresolved(error: InterpolationResolutionError) -> str:
     """One line for a setting whose ${...} cannot be resolved."""
-    why = str(error).splitlines()[0]
-    why = why.split("while resolving interpolation: ")[-1].strip('"')
+    why = one_line(error, first=True).split("while resolving interpolation: ")[-1].strip('"')
     return f"{error.full_key} cannot be resolved: {why}"
 
 

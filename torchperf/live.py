@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from torchperf.bench import Progress
+from torchperf.bench import NOISY_IQR_RATIO, Progress
 from torchperf.settings import VariantSettings
 
 PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
@@ -66,7 +66,11 @@ class BenchmarkCard:
 
         self._status.update(
             f"**{result['gflops']:.1f} GFLOP/s** median"
-            + (" · **noisy**: samples spread more than 5 %" if result["noisy"] else "")
+            + (
+                f" · **noisy**: samples spread more than {100 * NOISY_IQR_RATIO:g} %"
+                if result["noisy"]
+                else ""
+            )
             + "".join(f" · **warning**: {warning}" for warning in result.get("warnings", []))
         )
         self._bar.update(100)

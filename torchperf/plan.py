@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from torchperf.errors import ConfigError, one_line
+
 # Metaflow accepts only these in a @project branch name.
 BRANCH_PATTERN = re.compile(r"^[a-z0-9_]+$")
 TAG_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -24,8 +26,6 @@ def new_sweep_tag(now: datetime | None = None) -> str:
 
 def check_tag(tag: str) -> str:
     """A tag must be usable inside branch and event names."""
-    from torchperf.settings import ConfigError
-
     if not TAG_PATTERN.match(tag):
         raise ConfigError(f"tag={tag!r} must be 1-40 lowercase letters, digits or underscores")
     return tag
@@ -86,8 +86,6 @@ def check_overrides(
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from torchperf.settings import ConfigError
-
     known = set(known_keys)
     group_keys = group_keys or {}
     parser = OverridesParser.create()
@@ -95,8 +93,8 @@ def check_overrides(
         try:
             (override,) = parser.parse_overrides([argument])
         except OverrideParseException as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise ConfigError(f"cannot read override {argument!r}: {first_line}") from None
+            why = one_line(error, first=True)
+            raise ConfigError(f"cannot read override {argument!r}: {why}") from None
         key = override.key_or_group
         root = key.split(".")[0].split("/")[0]
         if root == "hydra":

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from torchperf.analytics import gflops_table, progress_line
+from torchperf.bench import NOISY_IQR_RATIO
 
 CARD_ID = "sweep"
 METRICS = ("speedup", "efficiency")
@@ -135,7 +136,8 @@ def fill_card(
         for png in figures.values():
             card.append(Image(png))
     noisy = [r for r in rows if r["noisy"]]
-    card.append(Markdown(f"## Noisy variants ({len(noisy)}): samples spread more than 5 %"))
+    spread = f"samples spread more than {100 * NOISY_IQR_RATIO:g} %"
+    card.append(Markdown(f"## Noisy variants ({len(noisy)}): {spread}"))
     if noisy:
         card.append(
             Table(

@@ -10,14 +10,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from torchperf.errors import ConfigError  # noqa: F401 - re-exported: where bad input is named
+
 # Three n x n fp32 tensors are alive at once: the input, the output and the allocator's slack.
 TENSORS_ALIVE = 3
 BYTES_PER_FP32 = 4
 DEVICES = ("cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; its message is one line meant for the user."""
 
 
 @dataclass(frozen=True)

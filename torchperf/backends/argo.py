@@ -28,6 +28,7 @@ from pathlib import Path
 
 from torchperf import manifests
 from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings
@@ -376,11 +377,6 @@ def analytics_title(tag: str) -> tuple[str, str]:
     )
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]
-
-
 @dataclasses.dataclass
 class Planned:
     """One variant as compiled in preflight."""
@@ -503,7 +499,7 @@ class ArgoBackend:
             try:
                 created = deployer.create(only_json=True, **self._create_kwargs(sweep, settings))
             except Exception as error:
-                why = _one_line(error)
+                why = one_line(error)
                 raise ConfigError(f"variant {variant.id} does not compile: {why}") from None
         template = created.workflow_template
         manifests.validate_workflow_template(template)
@@ -514,9 +510,6 @@ class ArgoBackend:
             raise ConfigError(f"variant {variant.id}: {problems[0]}")
         return Planned(variant, settings, template)
 
-    def _analytics_config(self, sweep: SweepSpec) -> dict:
-        return {"tag": sweep.tag, "event": sweep.event, "planned": len(sweep.planned) or None}
-
     def _compile_analytics(self, sweep: SweepSpec) -> dict:
         branch = analytics_branch(sweep.tag)
         with tempfile.TemporaryDirectory() as scratch:
@@ -525,7 +518,7 @@ class ArgoBackend:
                 sys.executable, "-m", "torchperf.backends.argo_compile", str(out),
                 self.analytics_file, "--quiet", "--datastore", self._settings.datastore,
                 "--branch", branch,
-                "--config-value", "config", json.dumps(self._analytics_config(sweep)),
+                "--config-value", "config", json.dumps(sweep.analytics_config()),
                 "argo-workflows", "create", "--only-json", "--tag", sweep.tag,
                 *(f"--{key.replace('_', '-')}={value}"
                   for key, value in self._analytics_kwargs(sweep).items()),
@@ -534,7 +527,7 @@ class ArgoBackend:
                 command, env=self._env(), cwd=ROOT, capture_output=True, text=True
             )
             if done.returncode or not out.exists():
-                why = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+                why = one_line(done.stderr)
                 raise ConfigError(f"SweepAnalyticsFlow does not compile: {why}")
             compiled = json.loads(out.read_text())
         manifests.validate_workflow_template(compiled["workflow_template"])
@@ -582,7 +575,7 @@ class ArgoBackend:
         atexit.register(self._teardown)  # a last resort if finish is never reached
         with self._deploy_slots:
             deployed = self._deployer(
-                self.analytics_file, analytics_branch(sweep.tag), self._analytics_config(sweep)
+                self.analytics_file, analytics_branch(sweep.tag), sweep.analytics_config()
             ).create(tags=[sweep.tag], **self._analytics_kwargs(sweep))
         self._analytics = deployed.name
         self._templates.add(deployed.name)
@@ -621,7 +614,7 @@ class ArgoBackend:
         try:
             return future.result()
         except Exception as error:  # cancelled futures raise CancelledError
-            return Outcome("cancelled", message=_one_line(error) or "the sweep was interrupted")
+            return Outcome("cancelled", message=one_line(error) or "the sweep was interrupted")
 
     def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         try:
@@ -629,7 +622,7 @@ class ArgoBackend:
         except Exception as error:
             if self._cancelled.is_set():
                 return Outcome("cancelled", message="the sweep was interrupted")
-            return Outcome("failed", message=f"{variant.id}: {_one_line(error)}")
+            return Outcome("failed", message=f"{variant.id}: {one_line(error)}")
 
     def _deploy_and_wait(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
         if self._cancelled.is_set():
@@ -737,4 +730,4 @@ def _gflops(run: str) -> tuple[float | None, str | None]:
 
         return float(Run(run, _namespace_check=False).data.result["gflops"]), None
     except Exception as error:  # noqa: BLE001 - a figure we cannot read is not a failed variant
-        return None, f"succeeded, but its result is unreadable here: {_one_line(error)}"
+        return None, f"succeeded, but its result is unreadable here: {one_line(error)}"

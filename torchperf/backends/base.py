@@ -26,6 +26,12 @@ class SweepSpec:
     live_analytics: bool = True  # analytics after every successful variant, not only at the end
     variant_timeout_seconds: float = 1800.0  # a variant running longer is stopped: timeout
 
+    def analytics_config(self, wait_for: list[str] = ()) -> dict:
+        """SweepAnalyticsFlow's config for this sweep; ``wait_for`` names the variants (branches)
+        whose runs it waits for (local runs that are still ending)."""
+        config = {"tag": self.tag, "event": self.event, "planned": len(self.planned) or None}
+        return config | ({"wait_for": list(wait_for)} if wait_for else {})
+
 
 @dataclass
 class Outcome:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.errors import one_line
 from torchperf.plan import Variant, analytics_branch
 from torchperf.quiet import (
     command_has,
@@ -49,11 +50,6 @@ LAUNCH_DIR = FLOWS / ".flows"
 LOCK_NAME = ".cores.lock"
 # How often the sweep looks whether a measurement still holds the lock (a file read).
 POLL_SECONDS = 0.05
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 def launch_path(flow: str) -> Path:
@@ -133,12 +129,12 @@ class _BackgroundRun:
 def _variant_outcome(launch: _BackgroundRun) -> Outcome:
     """How a TorchPerfFlow run ended."""
     if launch.error is not None:
-        return Outcome("failed", message=_last_line(str(launch.error)))
+        return Outcome("failed", message=one_line(str(launch.error)))
     run = launch.executing.run
     if launch.timed_out.is_set():
         return Outcome("timeout", run.pathspec, message=f"stopped after {launch.timeout:g} s")
     if launch.executing.status != "successful":
-        return Outcome("failed", run.pathspec, message=_last_line(launch.executing.stderr))
+        return Outcome("failed", run.pathspec, message=one_line(launch.executing.stderr))
     result = run.data.result
     return Outcome(
         "succeeded", run.pathspec, result["gflops"], measure_seconds=result["measure_seconds"]
@@ -362,7 +358,7 @@ class LocalBackend:
         self._wait_for_analytics()
         if not self._analytics_result.get("run"):
             # The variants' results are safe in Metaflow; say why the aggregate is missing.
-            why = _last_line(self._analytics_result.get("stderr", ""))
+            why = one_line(self._analytics_result.get("stderr", ""))
             print(f"warning: SweepAnalyticsFlow failed: {why}", file=sys.stderr)
         return self._analytics_result.get("run")
 
@@ -399,12 +395,7 @@ class LocalBackend:
             self._analytics_result = ended.result(_analytics_outcome)
             self._analytics.remove(ended)
         self._unseen = 0
-        config = {
-            "tag": sweep.tag,
-            "event": sweep.event,
-            "planned": len(sweep.planned) or None,
-            "wait_for": list(wait_for),
-        }
+        config = sweep.analytics_config(wait_for)
         self._analytics.append(
             _AnalyticsRun(
                 sweep.tag,
