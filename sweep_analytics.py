@@ -85,7 +85,10 @@ class SweepAnalyticsFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the progress line."""
+        """Say the card is drawn (a local sweep measures the next variant then); print progress."""
+        from torchperf import turns
+
+        turns.card_drawn(self.config.card_drawn)
         print(self.progress)
 
 

@@ -42,8 +42,8 @@ class TorchPerfFlow(FlowSpec):
     @step
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
-        from torchperf import bench, cgroups, live
-        from torchperf.quiet import card_renders_running, cores_lock
+        from torchperf import bench, cgroups, live, turns
+        from torchperf.card_renders import card_renders_running
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
@@ -59,7 +59,8 @@ class TorchPerfFlow(FlowSpec):
         card = live.BenchmarkCard(current.card["benchmark"], settings, render_cores=spare)
         # In a pod the CFS quota bounds the threads, and throttling lowers the figure: record both.
         quota, throttled_before = cgroups.cpu_quota(), cgroups.throttling()
-        with cores_lock(settings.cores_lock):
+        # A local sweep gives the cores to one measurement at a time: wait for this one's turn.
+        with turns.measuring(settings.turn):
             result = bench.measure(
                 settings.tensor_dim,
                 settings.cpu,

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import time
 
 import pytest
@@ -167,39 +168,30 @@ def test_local_backend_refuses_cpu_above_usable_cores(open_sweep):
 
 
 @pytest.mark.flow
-def test_local_backend_works_where_locks_cannot_be_seen(open_sweep, tmp_path, monkeypatch):
-    # GIVEN no /proc/locks to tell when a measurement is over (another OS, a locked-down /proc)
-    from torchperf.backends import local
-
-    monkeypatch.setattr(local, "lock_holders", lambda path: None)
-    monkeypatch.setattr(local, "lock_waiters", lambda path: None)
-    tiny = [{"cpu": 1, "tensor_dim": 32}, {"cpu": 1, "tensor_dim": 48}]
-    sweep = open_sweep(LocalBackend(), "measure_seconds=0.1", jobs=tiny)
-    # THEN the variants still run one after the other, each followed by its analytics run
-    returned = [sweep.run_job(job) for job in tiny]
-    assert sweep.close() == 0
-    assert all(value > 0 for value in returned)
-    from metaflow import Run, namespace
-
-    namespace(None)
-    final = Run(summary(tmp_path)["analytics_run"])
-    assert sorted(final.data.results["tensor_dim"]) == [32, 48]
-
-
-@pytest.mark.flow
 def test_the_first_variant_starts_with_the_sweep_and_stops_with_it(open_sweep, tmp_path):
-    from torchperf.quiet import running_children
-
     # GIVEN a local sweep just opened, its jobs still to come from Hydra
-    sweep = open_sweep(LocalBackend(), "measure_seconds=0.1")
-    first = sweep.spec.pending[0][0].branch.encode()
-    # THEN its first variant is already starting
-    deadline = time.monotonic() + 10
-    while not running_children(first) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running_children(first)
+    backend = LocalBackend()
+    sweep = open_sweep(backend, "measure_seconds=0.1")
+    first = sweep.spec.pending[0][0].branch
+    # THEN its first variant's run is already starting
+    (process,) = backend._lives[first].processes()
+    assert process.returncode is None and os.path.exists(f"/proc/{process.pid}")
     # WHEN Hydra fails before the first job and the entry point closes the sweep
     sweep_module.interrupt()
     # THEN nothing of it runs on, and the summary says so
-    assert not running_children(first)
+    assert process.returncode is not None
     assert {v["status"] for v in summary(tmp_path)["variants"]} == {"cancelled"}
+
+
+@pytest.mark.flow
+def test_a_variant_whose_turn_runs_past_its_timeout_is_stopped(open_sweep, tmp_path):
+    # GIVEN a variant that measures longer than its timeout allows
+    jobs = [{"cpu": 1, "tensor_dim": 32}]
+    sweep = open_sweep(LocalBackend(), "measure_seconds=30", "variant_timeout_seconds=6", jobs=jobs)
+    began = time.monotonic()
+    assert math.isnan(sweep.run_job(jobs[0]))
+    sweep.close()
+    # THEN it is stopped soon after its timeout, recorded as such, and leaves no process behind
+    assert time.monotonic() - began < 30
+    (entry,) = summary(tmp_path)["variants"]
+    assert entry["status"] == "timeout" and "6 s" in entry["message"]

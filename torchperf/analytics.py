@@ -35,6 +35,7 @@ ANALYTICS_DEFAULTS = {
     "planned": None,  # how many variants the sweep plans, when known
     "wait_seconds": DEFAULT_WAIT_SECONDS,  # wait at most this long for variants in their end step
     "wait_for": [],  # @project branches of variants that have measured: wait for them as well
+    "card_drawn": None,  # a file to touch once the card is drawn (a local sweep's next turn)
 }
 
 

@@ -29,7 +29,7 @@ class VariantSettings:
     device: str = "cpu"  # cpu, or cuda to measure a GPU
     tag: str | None = None  # the sweep this variant belongs to, if any
     event: str | None = None  # Argo event published when the run succeeds, if any
-    cores_lock: str | None = None  # file lock serializing CPU-heavy work on one machine
+    turn: str | None = None  # a local sweep's hand-over of the cores (torchperf/turns.py)
 
     def as_config(self) -> dict:
         """The flow's ``config`` value: a plain dict, as Metaflow's Config expects."""
@@ -129,7 +129,7 @@ def validate_variant(
         device=device,
         tag=values["tag"],
         event=values["event"],
-        cores_lock=values["cores_lock"],
+        turn=values["turn"],
     )
 
 

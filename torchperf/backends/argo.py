@@ -469,7 +469,7 @@ class ArgoBackend:
     def _variant_config(self, sweep: SweepSpec, settings: VariantSettings) -> dict:
         # A file lock only serializes work on one machine; pods have their own CPUs.
         return dataclasses.replace(
-            settings, tag=sweep.tag, event=sweep.event, cores_lock=None
+            settings, tag=sweep.tag, event=sweep.event, turn=None
         ).as_config()
 
     def _create_kwargs(self, sweep: SweepSpec, settings: VariantSettings) -> dict:
