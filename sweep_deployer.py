@@ -41,9 +41,7 @@ if __name__ == "__main__":
     hydra_app.register_resolvers()
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
+        main()  # a batch interrupted by Ctrl-C or SIGTERM is closed by the launcher first
     except KeyboardInterrupt:
-        sys.exit(sweep.interrupt())
-    finally:
-        sweep.interrupt()  # a no-op unless Hydra failed with a batch open: stop what it started
+        sys.exit(130)
     sys.exit(sweep.last_exit_status())

@@ -13,7 +13,7 @@ from torchperf.settings import ConfigError
 
 def make_row(cpu: int, tensor_dim: int, gflops: float, *, run: str | None = None, **extra):
     """A row as row_from_run builds it from a run's config and result."""
-    config = {"cpu": cpu, "tensor_dim": tensor_dim}
+    config = {"cpu": cpu, "tensor_dim": tensor_dim, "device": extra.pop("device", "cpu")}
     result = {"gflops": gflops, "iqr_ratio": extra.pop("iqr_ratio", 0.01)}
     result["noisy"] = extra.pop("noisy", result["iqr_ratio"] > 0.05)
     pathspec = run or f"TorchPerfFlow/{cpu}{tensor_dim}"
@@ -69,10 +69,43 @@ def test_noisy_flag_and_iqr_ratio_are_carried():
 
 def test_table_is_cpu_by_tensor_dim_with_gaps_as_none():
     cpus, dims, cells = analytics.gflops_table(SWEEP)
-    assert cpus == [1, 2, 4] and dims == [256, 512]
+    assert cpus == [1, 2, 4] and dims == [(256, "cpu"), (512, "cpu")]
     assert [len(line) for line in cells] == [len(dims)] * len(cpus)
-    assert cells[cpus.index(2)][dims.index(512)] == 210.0
-    assert cells[cpus.index(4)][dims.index(512)] is None
+    assert cells[cpus.index(2)][dims.index((512, "cpu"))] == 210.0
+    assert cells[cpus.index(4)][dims.index((512, "cpu"))] is None
+
+
+MIXED = [
+    make_row(1, 256, 100.0, run="TorchPerfFlow/1"),
+    make_row(2, 256, 180.0, run="TorchPerfFlow/2"),
+    make_row(1, 256, 9000.0, run="TorchPerfFlow/3", device="cuda"),
+    make_row(2, 256, 9100.0, run="TorchPerfFlow/4", device="cuda"),
+]
+
+
+def test_the_same_cpu_and_size_on_two_devices_are_two_variants():
+    kept = analytics.latest_per_variant(MIXED)
+    assert sorted(analytics.cell(row) for row in kept) == sorted(
+        [(1, 256, "cpu"), (2, 256, "cpu"), (1, 256, "cuda"), (2, 256, "cuda")]
+    )
+
+
+def test_speedup_is_against_the_same_device():
+    derived = {analytics.cell(row): row for row in analytics.derive(MIXED)}
+    assert derived[(2, 256, "cpu")]["speedup"] == pytest.approx(180.0 / 100.0)
+    assert derived[(2, 256, "cuda")]["speedup"] == pytest.approx(9100.0 / 9000.0)
+
+
+def test_each_device_is_its_own_column_of_the_table():
+    _, columns, cells = analytics.gflops_table(MIXED)
+    assert columns == [(256, "cpu"), (256, "cuda")]
+    assert cells[0] == [100.0, 9000.0]
+
+
+def test_rows_of_runs_from_before_devices_count_as_cpu():
+    row = make_row(1, 64, 10.0)
+    del row["device"]
+    assert analytics.cell(row) == (1, 64, "cpu")
 
 
 def test_repeated_trigger_does_not_double_count():

@@ -36,7 +36,6 @@ def multirun(hydra_sweep_runner, monkeypatch, tmp_path):
             return batch, summary, job_dirs
 
     yield _run
-    sweep_module._current = None
 
 
 def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
@@ -110,4 +109,3 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
     assert len({v["branch"].rsplit("_c", 1)[0] for v in summary["variants"]}) == 1
     # AND Optuna saw the variants' figures (the fake gives cpu * 10 GFLOP/s)
     assert best["best_value"] == max(v["gflops"] for v in summary["variants"])
-    sweep_module._current = None

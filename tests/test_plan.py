@@ -90,3 +90,10 @@ def test_settings_inside_a_group_node_are_checked():
     check_overrides(["backend.max_parallel=8"], ["cpu"], groups, keys)
     with pytest.raises(ConfigError, match="unknown setting 'backend.paralel'"):
         check_overrides(["backend.paralel=8"], ["cpu"], groups, keys)
+
+
+def test_labels_name_the_device_only_when_it_is_not_the_cpu():
+    from torchperf.plan import Variant
+
+    assert Variant(2, 512, "b").label == "cpu=2 n=512"
+    assert Variant(2, 512, "b", "cuda").label == "cpu=2 n=512 cuda"

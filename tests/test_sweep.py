@@ -57,7 +57,6 @@ def open_sweep(compose_config, tmp_path):
         return Sweep.open(config, jobs, tmp_path, backend=backend, display=False)
 
     yield _open
-    sweep_module._current = None
 
 
 def summary(tmp_path):
@@ -82,8 +81,21 @@ def test_summary_is_written_as_the_sweep_goes(open_sweep, tmp_path):
     (entry,) = summary(tmp_path)["variants"]
     assert entry["branch"] == branch_name(sweep.spec.tag, 1, 32)
     assert entry["run"] and entry["gflops"] == 10.0
-    assert set(entry) >= {"cpu", "tensor_dim", "branch", "status", "run", "gflops"}
+    assert set(entry) >= {"cpu", "tensor_dim", "device", "branch", "status", "run", "gflops"}
     assert sweep.close() == 0
+
+
+def test_a_cpu_and_a_cuda_variant_of_one_size_are_recorded_apart(open_sweep, tmp_path):
+    jobs = [
+        {"cpu": 1, "tensor_dim": 32, "device": "cpu"},
+        {"cpu": 1, "tensor_dim": 32, "device": "cuda"},
+    ]
+    sweep = open_sweep(FakeBackend(), jobs=jobs)
+    for job in jobs:
+        sweep.run_job(job)
+    entries = summary(tmp_path)["variants"]
+    assert sorted(entry["device"] for entry in entries) == ["cpu", "cuda"]
+    assert len({entry["branch"] for entry in entries}) == 2
 
 
 def test_preflight_failure_runs_nothing(open_sweep, tmp_path):
@@ -99,17 +111,18 @@ def test_the_backend_starts_once_everything_is_checked(open_sweep):
     assert backend.calls == [("preflight", 3), ("start", 3)]
 
 
-def test_a_sweep_that_hydra_leaves_open_is_closed_as_interrupted(open_sweep, tmp_path):
+def test_a_sweep_closed_as_interrupted_stops_the_backend_and_records_the_rest(open_sweep, tmp_path):
     # GIVEN a sweep whose Hydra run failed before its second job
     backend = FakeBackend()
-    open_sweep(backend).run_job(JOBS[0])
-    # WHEN the entry point closes it as interrupted
-    sweep_module.interrupt()
+    opened = open_sweep(backend)
+    opened.run_job(JOBS[0])
+    # WHEN the launcher closes it as interrupted
+    assert opened.close(interrupted=True) == 130
     # THEN what the backend started is stopped and the summary tells what ran
     assert backend.calls[-2:] == [("cancel",), ("finish", True)]
     statuses = [v["status"] for v in summary(tmp_path)["variants"]]
     assert statuses == ["succeeded", "cancelled", "cancelled"]
-    sweep_module.interrupt()  # a closed sweep is left alone
+    opened.close(interrupted=True)  # a closed sweep is left alone
     assert backend.calls[-1] == ("finish", True) and len(backend.calls) == 5
 
 
@@ -176,8 +189,8 @@ def test_the_first_variant_starts_with_the_sweep_and_stops_with_it(open_sweep, t
     # THEN its first variant's run is already starting
     (process,) = backend._lives[first].processes()
     assert process.returncode is None and os.path.exists(f"/proc/{process.pid}")
-    # WHEN Hydra fails before the first job and the entry point closes the sweep
-    sweep_module.interrupt()
+    # WHEN Hydra fails before the first job and the launcher closes the sweep
+    sweep.close(interrupted=True)
     # THEN nothing of it runs on, and the summary says so
     assert process.returncode is not None
     assert {v["status"] for v in summary(tmp_path)["variants"]} == {"cancelled"}

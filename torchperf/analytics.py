@@ -18,6 +18,7 @@ from torchperf.settings import ConfigError
 COLUMNS = (
     "cpu",
     "tensor_dim",
+    "device",
     "gflops",
     "iqr_ratio",
     "speedup",
@@ -67,6 +68,7 @@ def row_from_run(pathspec: str, config: Mapping, result: Mapping, created_at: st
         "run": pathspec,
         "cpu": int(config["cpu"]),
         "tensor_dim": int(config["tensor_dim"]),
+        "device": config.get("device", "cpu"),
         "gflops": float(result["gflops"]),
         "iqr_ratio": float(result["iqr_ratio"]),
         "noisy": bool(result["noisy"]),
@@ -82,42 +84,54 @@ def merge_rows(previous: Mapping[str, dict], new: Iterable[dict]) -> dict[str, d
     return merged
 
 
+def cell(row: Mapping) -> tuple:
+    """A row's variant: (cpu, tensor_dim, device); rows of older runs have no device: the CPU."""
+    return row["cpu"], row["tensor_dim"], row.get("device") or "cpu"
+
+
 def latest_per_variant(rows: Iterable[dict]) -> list[dict]:
-    """One row per (cpu, tensor_dim): a variant run again counts with its newest run."""
-    latest: dict[tuple[int, int], dict] = {}
+    """One row per (cpu, tensor_dim, device): a variant run again counts with its newest run."""
+    latest: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["cpu"], row["tensor_dim"])
+        key = cell(row)
         if key not in latest or row["created_at"] > latest[key]["created_at"]:
             latest[key] = row
-    return [latest[key] for key in sorted(latest, key=lambda k: (k[1], k[0]))]
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[2], k[1], k[0]))]
 
 
 def derive(rows: Iterable[dict]) -> list[dict]:
-    """Add speed-up and parallel efficiency against the smallest cpu of the whole sweep.
+    """Add speed-up and parallel efficiency against the smallest cpu of each device.
 
-    speedup = GFLOP/s / GFLOP/s of the same tensor_dim at the smallest cpu;
+    speedup = GFLOP/s / GFLOP/s of the same tensor_dim and device at that device's smallest cpu;
     efficiency = speedup / (cpu / smallest cpu). Both are NaN where that baseline is missing.
     """
     rows = latest_per_variant(rows)
-    if not rows:
-        return []
-    base_cpu = min(row["cpu"] for row in rows)
-    base = {row["tensor_dim"]: row["gflops"] for row in rows if row["cpu"] == base_cpu}
+    base_cpu: dict[str, int] = {}
+    for row in rows:
+        device = cell(row)[2]
+        base_cpu[device] = min(base_cpu.get(device, row["cpu"]), row["cpu"])
+    base = {cell(row)[1:]: row["gflops"] for row in rows if row["cpu"] == base_cpu[cell(row)[2]]}
     derived = []
     for row in rows:
-        reference = base.get(row["tensor_dim"])
+        reference = base.get(cell(row)[1:])
         speedup = row["gflops"] / reference if reference else math.nan
-        derived.append({**row, "speedup": speedup, "efficiency": speedup / (row["cpu"] / base_cpu)})
+        ratio = row["cpu"] / base_cpu[cell(row)[2]]
+        derived.append({**row, "speedup": speedup, "efficiency": speedup / ratio})
     return derived
 
 
-def gflops_table(rows: Iterable[dict]) -> tuple[list[int], list[int], list[list[float | None]]]:
-    """GFLOP/s as a cpu x tensor_dim grid: (cpus, tensor_dims, cells[cpu][tensor_dim])."""
+def series(rows: Iterable[dict]) -> list[tuple[int, str]]:
+    """The (tensor_dim, device) lines of the charts and columns of the tables, CPU first."""
+    return sorted({cell(row)[1:] for row in rows}, key=lambda s: (s[1] != "cpu", s[1], s[0]))
+
+
+def gflops_table(rows: Iterable[dict]) -> tuple[list[int], list[tuple], list[list[float | None]]]:
+    """GFLOP/s as a cpu x (tensor_dim, device) grid: (cpus, series, cells[cpu][series])."""
     rows = list(rows)
     cpus = sorted({row["cpu"] for row in rows})
-    dims = sorted({row["tensor_dim"] for row in rows})
-    cell = {(row["cpu"], row["tensor_dim"]): row["gflops"] for row in rows}
-    return cpus, dims, [[cell.get((cpu, dim)) for dim in dims] for cpu in cpus]
+    columns = series(rows)
+    value = {cell(row): row["gflops"] for row in rows}
+    return cpus, columns, [[value.get((cpu, *column)) for column in columns] for cpu in cpus]
 
 
 def progress_line(tag: str, done: int, failed: int, planned: int | None) -> str:
@@ -187,6 +201,7 @@ def _failed_row(run) -> dict:
         "run": run.pathspec,
         "cpu": config.get("cpu"),
         "tensor_dim": config.get("tensor_dim"),
+        "device": config.get("device", "cpu"),
         "created_at": run.created_at.isoformat(),
     }
 
@@ -239,9 +254,9 @@ def collect(
         time.sleep(poll_seconds)
         unseen = waiting
     done = latest_per_variant(merge_rows(previous, new).values())
-    done_variants = {(row["cpu"], row["tensor_dim"]) for row in done}
+    done_variants = {cell(row) for row in done}
     # A variant that failed once and then succeeded in a later run is done, not failed.
-    failed = [row for row in failed if (row["cpu"], row["tensor_dim"]) not in done_variants]
+    failed = [row for row in failed if cell(row) not in done_variants]
     return Collected(
         rows=merge_rows(previous, new),
         failed=failed,

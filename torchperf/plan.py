@@ -66,6 +66,16 @@ class Variant:
     def id(self) -> str:
         return variant_id(self.cpu, self.tensor_dim, self.device)
 
+    @property
+    def label(self) -> str:
+        """How people read it: cpu=2 n=512, with the device when it is not the CPU."""
+        return f"cpu={self.cpu} {series_label(self.tensor_dim, self.device)}"
+
+
+def series_label(tensor_dim: int, device: str = "cpu") -> str:
+    """One line of a chart, one column of a table: n=512, or n=512 cuda."""
+    return f"n={tensor_dim}" + ("" if device == "cpu" else f" {device}")
+
 
 def grid(params: Mapping[str, Iterable]) -> list[dict]:
     """The cartesian product of swept values, in Hydra's basic-sweeper order."""

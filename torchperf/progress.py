@@ -47,12 +47,12 @@ class SweepProgress:
 
     def started(self, variant: Variant) -> None:
         with self._lock:
-            self._running.append(f"cpu={variant.cpu} n={variant.tensor_dim}")
+            self._running.append(variant.label)
             self._render()
 
     def ended(self, variant: Variant, outcome: Outcome) -> None:
         with self._lock:
-            label = f"cpu={variant.cpu} n={variant.tensor_dim}"
+            label = variant.label
             if label in self._running:
                 self._running.remove(label)
             if outcome.status in ("succeeded", "skipped"):

@@ -11,8 +11,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchperf.analytics import gflops_table, progress_line
+from torchperf.analytics import cell, gflops_table, progress_line, series
 from torchperf.bench import NOISY_IQR_RATIO
+from torchperf.plan import series_label
 
 CARD_ID = "sweep"
 METRICS = ("speedup", "efficiency")
@@ -20,9 +21,9 @@ REPORT_FILES = (*(f"{metric}.png" for metric in METRICS), "report.html")
 
 
 def vega_spec(rows: Iterable[dict]) -> dict:
-    """Vega-Lite: GFLOP/s against cpu, one line per tensor_dim."""
+    """Vega-Lite: GFLOP/s against cpu, one line per tensor_dim (and device)."""
     values = [
-        {"cpu": row["cpu"], "tensor_dim": row["tensor_dim"], "gflops": row["gflops"]}
+        {"cpu": row["cpu"], "series": series_label(*cell(row)[1:]), "gflops": row["gflops"]}
         for row in rows
     ]
     return {
@@ -38,10 +39,10 @@ def vega_spec(rows: Iterable[dict]) -> dict:
                 "axis": {"tickMinStep": 1, "format": "d"},  # whole cores only
             },
             "y": {"field": "gflops", "type": "quantitative", "title": "GFLOP/s (median)"},
-            "color": {"field": "tensor_dim", "type": "nominal", "title": "tensor_dim (n)"},
+            "color": {"field": "series", "type": "nominal", "title": "tensor_dim (n)"},
             "tooltip": [
                 {"field": "cpu", "type": "quantitative"},
-                {"field": "tensor_dim", "type": "quantitative"},
+                {"field": "series", "type": "nominal", "title": "tensor_dim"},
                 {"field": "gflops", "type": "quantitative", "format": ".1f"},
             ],
         },
@@ -52,18 +53,19 @@ def vega_spec(rows: Iterable[dict]) -> dict:
 
 
 def scaling_figure(rows: Sequence[dict], metric: str):
-    """speed-up or efficiency against cpu, one line per tensor_dim, with the ideal line."""
+    """speed-up or efficiency against cpu, one line per tensor_dim (and device), with the ideal
+    line."""
     from matplotlib.figure import Figure
 
     # A bare Figure needs no pyplot state and no GUI backend.
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
     cpus = sorted({row["cpu"] for row in rows})
-    for dim in sorted({row["tensor_dim"] for row in rows}):
-        line = sorted((r for r in rows if r["tensor_dim"] == dim), key=lambda r: r["cpu"])
+    for dim, device in series(rows):
+        line = sorted((r for r in rows if cell(r)[1:] == (dim, device)), key=lambda r: r["cpu"])
         points = [(r["cpu"], r[metric]) for r in line if not math.isnan(r[metric])]
         if points:
-            axes.plot(*zip(*points, strict=True), marker="o", label=f"n={dim}")
+            axes.plot(*zip(*points, strict=True), marker="o", label=series_label(dim, device))
     if cpus:
         base = cpus[0]
         ideal = [cpu / base for cpu in cpus] if metric == "speedup" else [1.0] * len(cpus)
@@ -92,14 +94,16 @@ def scaling_pngs(rows: Sequence[dict]) -> dict[str, bytes]:
 
 
 def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    cpus, dims, cells = gflops_table(rows)
-    noisy = {(r["cpu"], r["tensor_dim"]) for r in rows if r["noisy"]}
-    headers = ["cpu \\ tensor_dim"] + [f"n={dim}" for dim in dims]
+    cpus, columns, cells = gflops_table(rows)
+    noisy = {cell(r) for r in rows if r["noisy"]}
+    headers = ["cpu \\ tensor_dim"] + [series_label(*column) for column in columns]
     body = []
     for cpu, line in zip(cpus, cells, strict=True):
         shown = [
-            "-" if value is None else f"{value:.1f}" + (" (noisy)" if (cpu, dim) in noisy else "")
-            for dim, value in zip(dims, line, strict=True)
+            "-"
+            if value is None
+            else f"{value:.1f}" + (" (noisy)" if (cpu, *column) in noisy else "")
+            for column, value in zip(columns, line, strict=True)
         ]
         body.append([str(cpu), *shown])
     return headers, body
@@ -142,7 +146,12 @@ def fill_card(
         card.append(
             Table(
                 [
-                    [r["cpu"], r["tensor_dim"], f"{100 * r['iqr_ratio']:.1f} %", r["run"]]
+                    [
+                        r["cpu"],
+                        series_label(*cell(r)[1:]),
+                        f"{100 * r['iqr_ratio']:.1f} %",
+                        r["run"],
+                    ]
                     for r in noisy
                 ],
                 headers=["cpu", "tensor_dim", "IQR / median", "run"],
@@ -152,7 +161,10 @@ def fill_card(
     if failed:
         card.append(
             Table(
-                [[r["cpu"], r["tensor_dim"], r["run"]] for r in failed],
+                [
+                    [r["cpu"], series_label(r["tensor_dim"], r.get("device") or "cpu"), r["run"]]
+                    for r in failed
+                ],
                 headers=["cpu", "tensor_dim", "run"],
             )
         )

@@ -35,6 +35,7 @@ class SweepSummary:
         entry = {
             "cpu": variant.cpu,
             "tensor_dim": variant.tensor_dim,
+            "device": variant.device,
             "branch": variant.branch,
             "status": outcome.status,
             "run": outcome.run,

@@ -28,27 +28,14 @@ from torchperf.progress import SweepProgress
 from torchperf.settings import ConfigError, VariantSettings, validate_variant
 from torchperf.summary import SweepSummary
 
-_current: Sweep | None = None
+# The exit status of the last sweep closed in this process: the entry point's own (Hydra's
+# multirun returns nothing to it).
 _last_exit_status = 0
 
 
 def last_exit_status() -> int:
     """The exit status of the last sweep closed in this process."""
     return _last_exit_status
-
-
-def interrupt() -> int:
-    """Close the open sweep, if any, as interrupted (Ctrl-C, SIGTERM, or Hydra exiting on an
-    error of its own): what runs or was started ahead stops, the summary stays true; the exit
-    status."""
-    return _current.close(interrupted=True) if _current else 130
-
-
-def current() -> Sweep:
-    """The sweep this process runs (opened by the Hydra callback)."""
-    if _current is None:
-        raise RuntimeError("no sweep is open: run sweep_deployer.py, which opens one")
-    return _current
 
 
 def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
@@ -117,7 +104,6 @@ class Sweep:
         replaces the one the config names (tests). ``tag`` and ``summary`` continue the sweep
         of an earlier batch of the same multirun.
         """
-        global _current
         resumed = bool(tag or config.tag)
         tag = tag or (check_tag(str(config.tag)) if config.tag else new_sweep_tag())
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
@@ -138,9 +124,13 @@ class Sweep:
         name = options.get("name", "local")
         backend = backend or make_backend(name, options)
         backend.preflight(spec)
-        _current = cls(spec, backend, name, done, display, summary)
-        backend.start(spec)  # close() stops whatever it started, whatever happens next
-        return _current
+        opened = cls(spec, backend, name, done, display, summary)
+        try:
+            backend.start(spec)  # from here on, close() stops whatever it started
+        except BaseException:
+            opened.close(interrupted=True)
+            raise
+        return opened
 
     def run_job(self, values: Mapping) -> float:
         """Run one Hydra job's variant; its GFLOP/s, or NaN (a failed trial) when it failed."""
@@ -176,7 +166,7 @@ class Sweep:
 
     def close(self, interrupted: bool = False) -> int:
         """Finish once: final analytics, teardown, summary; the process's exit status."""
-        global _current, _last_exit_status
+        global _last_exit_status
         if self._closed:
             return self.exit_status()
         self._closed = True
@@ -194,7 +184,6 @@ class Sweep:
         finally:
             if self.progress:
                 self.progress.close(self.summary.variants)
-            _current = None
             _last_exit_status = self.exit_status()
         if self.progress:
             self.progress.console.print(f"summary: {self.summary.path}")
