@@ -42,7 +42,7 @@ class TorchPerfFlow(FlowSpec):
     @step
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
-        from torchperf import bench, cgroups, live
+        from torchperf import bench, cgroups, fingerprint, live
         from torchperf.quiet import card_renders_running, cores_lock
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
@@ -59,6 +59,7 @@ class TorchPerfFlow(FlowSpec):
         card = live.BenchmarkCard(current.card["benchmark"], settings, render_cores=spare)
         # In a pod the CFS quota bounds the threads, and throttling lowers the figure: record both.
         quota, throttled_before = cgroups.cpu_quota(), cgroups.throttling()
+        env = fingerprint.collect(settings.cpu)  # before measuring: the load is not ours
         with cores_lock(settings.cores_lock):
             result = bench.measure(
                 settings.tensor_dim,
@@ -71,7 +72,8 @@ class TorchPerfFlow(FlowSpec):
         limits = cgroups.limits_report(
             settings.cpu, affinity, quota, throttled_before, cgroups.throttling()
         )
-        self.result = {**result, "affinity": affinity, **limits}
+        warnings = [*result["warnings"], *limits["warnings"], *fingerprint.warnings(env)]
+        self.result = {**result, "affinity": affinity, **limits, "env": env, "warnings": warnings}
         card.finish(self.result)
         self.next(self.end)
 
