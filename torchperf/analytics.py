@@ -23,9 +23,16 @@ COLUMNS = (
     "speedup",
     "efficiency",
     "noisy",
+    "gflops_ci_low",
+    "gflops_ci_high",
+    "gflops_ci_level",
+    "warnings",
+    "env",
     "run",
     "created_at",
 )
+# The fingerprint fields a row keeps (the card shows them; the rest stays in the run's result).
+ENV_FIELDS = ("cpu_model", "cpu_capability", "torch_version", "blas", "host", "image")
 # How long an analytics run waits for a variant that is in its last step (its event may arrive
 # before Metaflow marks it successful) before leaving it to the next aggregation.
 DEFAULT_WAIT_SECONDS = 60.0
@@ -61,14 +68,25 @@ def require_tag(config: Mapping) -> str:
 
 
 def row_from_run(pathspec: str, config: Mapping, result: Mapping, created_at: str) -> dict:
-    """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples)."""
+    """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples).
+
+    Runs measured before the interval and the fingerprint were recorded get NaN and empty
+    values for them."""
+    gflops = float(result["gflops"])
+    low, high = result.get("gflops_ci") or (math.nan, math.nan)
+    env = result.get("env") or {}
     return {
         "run": pathspec,
         "cpu": int(config["cpu"]),
         "tensor_dim": int(config["tensor_dim"]),
-        "gflops": float(result["gflops"]),
+        "gflops": gflops,
         "iqr_ratio": float(result["iqr_ratio"]),
         "noisy": bool(result["noisy"]),
+        "gflops_ci_low": float(low),
+        "gflops_ci_high": float(high),
+        "gflops_ci_level": float(result.get("gflops_ci_level", math.nan)),
+        "warnings": list(result.get("warnings") or []),
+        "env": {key: env.get(key) for key in ENV_FIELDS},
         "created_at": created_at,
     }
 

@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchperf.analytics import gflops_table, progress_line
+from torchperf import stats
+from torchperf.analytics import ENV_FIELDS, gflops_table, progress_line
 from torchperf.bench import NOISY_IQR_RATIO
 
 CARD_ID = "sweep"
@@ -91,18 +92,48 @@ def scaling_pngs(rows: Sequence[dict]) -> dict[str, bytes]:
     return pngs
 
 
+def figure_text(row: Mapping) -> str:
+    """A row's median to the digits its interval supports, with the interval when known."""
+    low = row.get("gflops_ci_low")
+    if low is None or math.isnan(low):
+        return f"{row['gflops']:.1f}"
+    return stats.describe(
+        row["gflops"], low, row["gflops_ci_high"], row["gflops_ci_level"], unit=""
+    )
+
+
 def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    cpus, dims, cells = gflops_table(rows)
-    noisy = {(r["cpu"], r["tensor_dim"]) for r in rows if r["noisy"]}
+    cpus, dims, _ = gflops_table(rows)
+    by_cell = {(r["cpu"], r["tensor_dim"]): r for r in rows}
     headers = ["cpu \\ tensor_dim"] + [f"n={dim}" for dim in dims]
     body = []
-    for cpu, line in zip(cpus, cells, strict=True):
-        shown = [
-            "-" if value is None else f"{value:.1f}" + (" (noisy)" if (cpu, dim) in noisy else "")
-            for dim, value in zip(dims, line, strict=True)
-        ]
+    for cpu in cpus:
+        shown = []
+        for dim in dims:
+            row = by_cell.get((cpu, dim))
+            if row is None:
+                shown.append("-")
+                continue
+            flags = [flag for flag, on in (("noisy", row["noisy"]), ("warning", warned(row))) if on]
+            shown.append(figure_text(row) + "".join(f" ({flag})" for flag in flags))
         body.append([str(cpu), *shown])
     return headers, body
+
+
+def warned(row: Mapping) -> bool:
+    warnings = row.get("warnings")
+    return bool(warnings) and not (isinstance(warnings, float) and math.isnan(warnings))
+
+
+def environment_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """Each fingerprint field with the values seen across the sweep; "differs" where the
+    variants were not measured alike (another node type, another image)."""
+    body = []
+    for key in ENV_FIELDS:
+        seen = sorted({str(env.get(key)) for r in rows if isinstance(env := r.get("env"), Mapping)})
+        if seen:
+            body.append([key, ", ".join(seen) + (" (differs)" if len(seen) > 1 else "")])
+    return body
 
 
 def fill_card(
@@ -129,7 +160,7 @@ def fill_card(
         card.append(Markdown("No successful variant yet."))
     else:
         headers, body = _table_rows(rows)
-        card.append(Markdown("## GFLOP/s (median) by cpu and tensor_dim"))
+        card.append(Markdown("## GFLOP/s (median, with its confidence interval) by cpu and n"))
         card.append(Table(body, headers=headers))
         card.append(VegaChart(vega_spec(rows)))
         # Image(bytes), not Image.from_matplotlib: that one imports pyplot for nothing.
@@ -148,6 +179,19 @@ def fill_card(
                 headers=["cpu", "tensor_dim", "IQR / median", "run"],
             )
         )
+    flagged = [r for r in rows if warned(r)]
+    card.append(Markdown(f"## Variants with warnings ({len(flagged)}): they still count"))
+    if flagged:
+        card.append(
+            Table(
+                [[r["cpu"], r["tensor_dim"], "; ".join(r["warnings"]), r["run"]] for r in flagged],
+                headers=["cpu", "tensor_dim", "warnings", "run"],
+            )
+        )
+    environment = environment_rows(rows)
+    if environment:
+        card.append(Markdown("## Environment"))
+        card.append(Table(environment, headers=["", "value"]))
     card.append(Markdown(f"## Failed variants ({len(failed)})"))
     if failed:
         card.append(

@@ -170,6 +170,12 @@ class Sweep:
         return self.backend.run_variant(self.spec, variant, settings)
 
     def _end(self, variant: Variant, outcome: Outcome) -> None:
+        if outcome.status in ("succeeded", "skipped") and outcome.run and outcome.warnings is None:
+            from torchperf.history import result_details
+
+            details = result_details(outcome.run)
+            outcome.gflops_ci = details.get("gflops_ci")
+            outcome.warnings = details.get("warnings")
         self.summary.record(variant, outcome)
         if self.progress:
             self.progress.ended(variant, outcome)

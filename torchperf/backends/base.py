@@ -42,6 +42,10 @@ class Outcome:
     gflops: float | None = None  # the measured median, when it succeeded
     message: str | None = None  # why it did not succeed, one line
     measure_seconds: float | None = None  # time spent in timed samples, when it succeeded
+    # The median's interval [low, high, level] and the result's warnings; None: not read yet
+    # (the sweep reads them from the run).
+    gflops_ci: list[float] | None = None
+    warnings: list[str] | None = None
 
 
 class Backend(Protocol):
