@@ -76,7 +76,7 @@ def test_outputs_are_a_json_file_and_a_page_with_a_chart(tmp_path):
 # ---- Two real sweeps ---------------------------------------------------------------------
 
 
-def sweep(sweep_dir):
+def sweep(sweep_dir, *extra):
     done = subprocess.run(
         [
             sys.executable,
@@ -87,6 +87,7 @@ def sweep(sweep_dir):
             f"measure_seconds={MEASURE_SECONDS}",
             "live_analytics=false",
             f"hydra.sweep.dir={sweep_dir}",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -116,7 +117,8 @@ def two_sweeps(tmp_path_factory):
         [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, [{core}])\nwhile True: pass"]
     )
     try:
-        busy = sweep(tmp_path_factory.mktemp("busy"))
+        # The analytics card compares the variant with sweep A as it arrives.
+        busy = sweep(tmp_path_factory.mktemp("busy"), f"baseline={quiet['tag']}")
     finally:
         competitor.kill()
         competitor.wait()
@@ -172,3 +174,41 @@ def test_a_malformed_tag_is_refused_in_one_line():
     done = compare_command("Not-A-Tag", "b")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: tag='Not-A-Tag'")
+
+
+@pytest.mark.e2e
+@pytest.mark.flow
+def test_the_analytics_card_shows_the_variant_against_its_baseline(two_sweeps):
+    from metaflow import Run, namespace
+
+    from tests.conftest import card_text
+    from torchperf.report import card_html
+
+    namespace(None)
+    analytics = Run(two_sweeps["b"]["analytics_run"])
+    assert analytics.data.config["baseline"] == two_sweeps["a"]["tag"]
+    (row,) = analytics.data.results.to_dict("records")
+    assert row["baseline"]["verdict"] == "slower" and row["baseline"]["ratio"] < 0.95
+    text = card_text(card_html(analytics))
+    assert f"Against the baseline `{two_sweeps['a']['tag']}`" in text and "slower" in text
+
+
+def test_an_unknown_baseline_is_refused_before_anything_runs(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "sweep_deployer.py"),
+            "-m",
+            "cpu=1",
+            "baseline=sweep_no_such_sweep",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: no successful TorchPerfFlow run carries the tag 'sweep_no_such_sweep'"
+    )
+    assert not (tmp_path / "summary.json").exists()

@@ -125,6 +125,31 @@ def warned(row: Mapping) -> bool:
     return bool(warnings) and not (isinstance(warnings, float) and math.isnan(warnings))
 
 
+BASELINE_HEADERS = ["cpu", "tensor_dim", "baseline GFLOP/s", "GFLOP/s", "B / A", "verdict"]
+
+
+def baseline_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """Each variant against its baseline cell, "-" where the baseline has none."""
+    body = []
+    for r in rows:
+        against = r.get("baseline")
+        if not isinstance(against, Mapping):
+            body.append([str(r["cpu"]), str(r["tensor_dim"]), "-", f"{r['gflops']:.1f}", "-", "-"])
+            continue
+        low, high = against["ratio_ci"]
+        body.append(
+            [
+                str(r["cpu"]),
+                str(r["tensor_dim"]),
+                f"{against['gflops_a']:.1f}",
+                f"{r['gflops']:.1f}",
+                stats.describe(against["ratio"], low, high, stats.CONFIDENCE, unit="x"),
+                against["verdict"],
+            ]
+        )
+    return body
+
+
 def environment_rows(rows: Sequence[dict]) -> list[list[str]]:
     """Each fingerprint field with the values seen across the sweep; "differs" where the
     variants were not measured alike (another node type, another image)."""
@@ -145,6 +170,7 @@ def fill_card(
     running: Sequence[str] = (),
     planned: int | None = None,
     figures: Mapping[str, bytes],
+    baseline: str | None = None,
 ) -> None:
     """Append the sweep's components to a blank card (``current.card[CARD_ID]``).
 
@@ -179,6 +205,9 @@ def fill_card(
                 headers=["cpu", "tensor_dim", "IQR / median", "run"],
             )
         )
+    if baseline:
+        card.append(Markdown(f"## Against the baseline `{baseline}` (B / A: above 1 is faster)"))
+        card.append(Table(baseline_rows(rows), headers=BASELINE_HEADERS))
     flagged = [r for r in rows if warned(r)]
     card.append(Markdown(f"## Variants with warnings ({len(flagged)}): they still count"))
     if flagged:

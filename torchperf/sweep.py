@@ -120,6 +120,11 @@ class Sweep:
         global _current
         resumed = bool(tag or config.tag)
         tag = tag or (check_tag(str(config.tag)) if config.tag else new_sweep_tag())
+        baseline = config.get("baseline")
+        if baseline:
+            from torchperf.compare import load_sweep
+
+            load_sweep(check_tag(str(baseline)))  # ConfigError for an unknown tag, at once
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
         planned = plan_variants(base, jobs or [], tag)
         # A given tag resumes that sweep: what already succeeded is not run again.
@@ -133,6 +138,7 @@ class Sweep:
             dry_run=bool(config.dry_run),
             live_analytics=bool(config.live_analytics),
             variant_timeout_seconds=float(config.variant_timeout_seconds),
+            baseline=str(baseline) if baseline else None,
         )
         options = dict(config.backend)
         name = options.get("name", "local")
