@@ -69,8 +69,8 @@ def compare_cells(
         entry["run_b"] = right and right["run"]
         entry["gflops_a"] = left and left["gflops"]
         entry["gflops_b"] = right and right["gflops"]
-        entry["warnings_a"] = left["warnings"] if left else []
-        entry["warnings_b"] = right["warnings"] if right else []
+        entry["warnings_a"] = left.get("warnings", []) if left else []
+        entry["warnings_b"] = right.get("warnings", []) if right else []
         if left is None or right is None:
             entries.append(entry | {"verdict": MISSING})
             continue
