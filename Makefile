@@ -37,7 +37,7 @@ argo-sim: $(BIN)/.installed  ## an Argo sweep on the simulated cluster, every st
 
 image:  ## build the pods' image for Argo from image/ (make image IMAGE=registry/torchperf:2.13.0; needs docker)
 	@test -n "$(IMAGE)" || { echo "error: IMAGE is not set: make image IMAGE=registry/name:tag" >&2; exit 2; }
-	docker build -t "$(IMAGE)" image/
+	docker build --build-arg TORCHPERF_IMAGE="$(IMAGE)" -t "$(IMAGE)" image/
 
 push: image  ## build and push the pods' image (make push IMAGE=...)
 	docker push "$(IMAGE)"

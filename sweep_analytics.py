@@ -54,7 +54,11 @@ class SweepAnalyticsFlow(FlowSpec):
             sys.exit(f"error: {error}")
         previous = analytics.previous_rows(tag, current.run_id)
         seen = analytics.collect(
-            tag, previous, wait_seconds=self.config.wait_seconds, wait_for=self.config.wait_for
+            tag,
+            previous,
+            wait_seconds=self.config.wait_seconds,
+            wait_for=self.config.wait_for,
+            baseline=self.config.baseline,
         )
         try:
             # On Argo: a variant that announced its success must be in what we read.
@@ -80,6 +84,7 @@ class SweepAnalyticsFlow(FlowSpec):
             running=self.running,
             planned=self.config.planned,
             figures=self.figures,
+            baseline=self.config.baseline,
         )
         self.next(self.end)
 

@@ -42,7 +42,7 @@ class TorchPerfFlow(FlowSpec):
     @step
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
-        from torchperf import bench, cgroups, live, turns
+        from torchperf import bench, cgroups, fingerprint, live, turns
         from torchperf.card_renders import card_renders_running
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
@@ -61,6 +61,7 @@ class TorchPerfFlow(FlowSpec):
         quota, throttled_before = cgroups.cpu_quota(), cgroups.throttling()
         # A local sweep gives the cores to one measurement at a time: wait for this one's turn.
         with turns.measuring(settings.turn):
+            env = fingerprint.collect(settings.cpu)  # before measuring: the load is not ours
             result = bench.measure(
                 settings.tensor_dim,
                 settings.cpu,
@@ -72,7 +73,8 @@ class TorchPerfFlow(FlowSpec):
         limits = cgroups.limits_report(
             settings.cpu, affinity, quota, throttled_before, cgroups.throttling()
         )
-        self.result = {**result, "affinity": affinity, **limits}
+        warnings = [*result["warnings"], *limits["warnings"], *fingerprint.warnings(env)]
+        self.result = {**result, "affinity": affinity, **limits, "env": env, "warnings": warnings}
         card.finish(self.result)
         self.next(self.end)
 

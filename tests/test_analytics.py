@@ -193,3 +193,31 @@ def test_on_branch_reads_the_project_branch_whatever_its_prefix():
     assert analytics.on_branch(run, {"sweep_x_c1_n64"})
     assert not analytics.on_branch(run, {"sweep_x_c1_n32"})
     assert not analytics.on_branch(TaggedRun("user:me"), {"sweep_x_c1_n64"})
+
+
+def test_a_row_is_compared_with_its_baseline_cell_once_when_read():
+    base = [100.0 + 0.1 * i for i in range(20)]
+    cells = {(1, 64, "cpu"): {"run": "TorchPerfFlow/1", "samples": base, "gflops": 101.0}}
+    result = {"gflops": 50.5, "iqr_ratio": 0.01, "noisy": False}
+    result["gflops_samples"] = [0.5 * x for x in base]
+    config = {"cpu": 1, "tensor_dim": 64, "device": "cpu"}
+    row = analytics.row_from_run("TorchPerfFlow/2", config, result, "2025", lambda: cells)
+    assert row["baseline"]["verdict"] == "slower"
+    assert row["baseline"]["ratio"] == pytest.approx(0.5, rel=0.01)
+    # No cell of that shape in the baseline, or no baseline: nothing to compare.
+    other = {**config, "tensor_dim": 128}
+    assert (
+        analytics.row_from_run("TorchPerfFlow/3", other, result, "2025", lambda: cells)["baseline"]
+        is None
+    )
+    assert analytics.row_from_run("TorchPerfFlow/4", config, result, "2025")["baseline"] is None
+
+
+def test_the_baseline_reaches_the_analytics_config_only_when_set(tmp_path):
+    from torchperf.backends.base import SweepSpec
+
+    spec = SweepSpec(tag="t", event="e", sweep_dir=tmp_path)
+    assert "baseline" not in spec.analytics_config()
+    spec.baseline = "sweep_a"
+    assert spec.analytics_config()["baseline"] == "sweep_a"
+    assert analytics.analytics_config(spec.analytics_config())["baseline"] == "sweep_a"

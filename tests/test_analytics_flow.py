@@ -51,6 +51,9 @@ def test_results_carry_each_runs_figures(tiny_sweep, analytics_runs):
         assert row["gflops"] == pytest.approx(result["gflops"])
         assert row["iqr_ratio"] == pytest.approx(result["iqr_ratio"])
         assert row["noisy"] == result["noisy"]
+        assert [row["gflops_ci_low"], row["gflops_ci_high"]] == result["gflops_ci"]
+        assert row["warnings"] == result["warnings"]
+        assert row["env"]["torch_version"] == result["env"]["torch_version"]
 
 
 def test_speedup_and_efficiency_follow_from_gflops(analytics_runs):
@@ -96,6 +99,7 @@ def test_card_shows_progress_table_and_charts(tiny_sweep, analytics_runs):
     (chart,) = [c for c in walk(components) if c["type"] == "vegaChart"]
     assert chart["spec"]["encoding"]["x"]["title"] == "cpu (cores)"
     assert len(chart["spec"]["data"]["values"]) == done
+    assert "% CI" in data and "Variants with warnings" in data and "Environment" in data
 
 
 def walk(components):

@@ -24,6 +24,13 @@ RESULT_KEYS = {
     "torch_version",
     "affinity",
     "measure_seconds",
+    "gflops_ci",
+    "gflops_ci_level",
+    "gflops_sig_figs",
+    "cpu_utilization",
+    "shared",
+    "warnings",
+    "env",
 }
 
 
@@ -66,6 +73,40 @@ def test_the_cgroup_view_of_the_measurement_is_recorded(runs):
         assert result["throttled"] == bool(result["throttled_periods"])
 
 
+def test_the_environment_fingerprint_is_recorded(runs):
+    import torch
+
+    for (cpu, _), run in runs.items():
+        env = run.data.result["env"]
+        assert env["torch_version"] == str(torch.__version__)
+        assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert env["threads"] == cpu and env["cores"] == run.data.result["affinity"]
+        assert env["host"] and env["blas"] and env["parallel_backend"]
+        assert env["load_1min"] is None or env["load_1min"] >= 0
+        assert "cpu_model" in env and "governor" in env and "image" in env
+
+
+def test_contention_is_measured_and_its_warning_kept_with_the_others(runs):
+    for run in runs.values():
+        result = run.data.result
+        assert 0 < result["cpu_utilization"] <= 1.5
+        # Whether the cores were shared depends on this machine's other work; the flag and its
+        # warning must agree, and the cgroup's warnings stay in the same list.
+        shared_warnings = [w for w in result["warnings"] if w.startswith("shared cores")]
+        assert bool(shared_warnings) == result["shared"]
+
+
+def test_the_median_comes_with_its_confidence_interval(runs):
+    from torchperf import stats
+
+    for run in runs.values():
+        result = run.data.result
+        low, high = result["gflops_ci"]
+        assert low <= result["gflops"] <= high
+        interval = stats.median_ci(result["gflops_samples"])
+        assert (low, high) == (interval.low, interval.high)
+
+
 def test_measuring_lasts_at_least_the_budget(runs):
     for run in runs.values():
         assert run.data.result["measure_seconds"] >= run.data.config["measure_seconds"]
@@ -100,6 +141,8 @@ def test_the_card_shows_the_result(runs):
         text = card_text(card.get())
         assert "GFLOP/s" in text and f"{run.data.result['gflops']:.2f}" in text
         assert "IQR / median" in text and "cores" in text
+        assert "% CI" in text and "Environment" in text
+        assert run.data.result["env"]["torch_version"] in text
 
 
 def test_runs_with_no_arguments():

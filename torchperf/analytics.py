@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from torchperf.plan import check_tag, event_name
@@ -24,9 +24,17 @@ COLUMNS = (
     "speedup",
     "efficiency",
     "noisy",
+    "gflops_ci_low",
+    "gflops_ci_high",
+    "gflops_ci_level",
+    "warnings",
+    "env",
+    "baseline",
     "run",
     "created_at",
 )
+# The fingerprint fields a row keeps (the card shows them; the rest stays in the run's result).
+ENV_FIELDS = ("cpu_model", "cpu_capability", "torch_version", "blas", "host", "image")
 # How long an analytics run waits for a variant that is in its last step (its event may arrive
 # before Metaflow marks it successful) before leaving it to the next aggregation.
 DEFAULT_WAIT_SECONDS = 60.0
@@ -37,6 +45,7 @@ ANALYTICS_DEFAULTS = {
     "wait_seconds": DEFAULT_WAIT_SECONDS,  # wait at most this long for variants in their end step
     "wait_for": [],  # @project branches of variants that have measured: wait for them as well
     "card_drawn": None,  # a file to touch once the card is drawn (a local sweep's next turn)
+    "baseline": None,  # an earlier sweep's tag: each variant is compared with its cell there
 }
 
 
@@ -62,18 +71,52 @@ def require_tag(config: Mapping) -> str:
     return check_tag(tag)
 
 
-def row_from_run(pathspec: str, config: Mapping, result: Mapping, created_at: str) -> dict:
-    """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples)."""
+def row_from_run(
+    pathspec: str,
+    config: Mapping,
+    result: Mapping,
+    created_at: str,
+    baseline: Callable[[], Mapping[tuple, dict]] | None = None,
+) -> dict:
+    """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples).
+
+    Runs measured before the interval and the fingerprint were recorded get NaN and empty
+    values for them."""
+    gflops = float(result["gflops"])
+    low, high = result.get("gflops_ci") or (math.nan, math.nan)
+    env = result.get("env") or {}
     return {
         "run": pathspec,
         "cpu": int(config["cpu"]),
         "tensor_dim": int(config["tensor_dim"]),
         "device": config.get("device", "cpu"),
-        "gflops": float(result["gflops"]),
+        "gflops": gflops,
         "iqr_ratio": float(result["iqr_ratio"]),
         "noisy": bool(result["noisy"]),
+        "gflops_ci_low": float(low),
+        "gflops_ci_high": float(high),
+        "gflops_ci_level": float(result.get("gflops_ci_level", math.nan)),
+        "warnings": list(result.get("warnings") or []),
+        "env": {key: env.get(key) for key in ENV_FIELDS},
         "created_at": created_at,
+        "baseline": against_baseline(config, result, baseline() if baseline else None),
     }
+
+
+def against_baseline(config: Mapping, result: Mapping, cells: Mapping[tuple, dict] | None):
+    """The variant against its cell of the baseline sweep (compare's entry: ratio, interval,
+    p, verdict), None without a baseline or a matching cell. Computed once per run: the
+    samples are not kept in the row."""
+    from torchperf.compare import compare_cells
+
+    if not cells:
+        return None
+    key = (int(config["cpu"]), int(config["tensor_dim"]), str(config.get("device", "cpu")))
+    if key not in cells or "gflops_samples" not in result:
+        return None
+    mine = {"run": None, "samples": list(result["gflops_samples"]), "gflops": result["gflops"]}
+    (entry,) = compare_cells({key: cells[key]}, {key: {**mine, "warnings": []}})
+    return {name: entry[name] for name in ("gflops_a", "ratio", "ratio_ci", "verdict")}
 
 
 def merge_rows(previous: Mapping[str, dict], new: Iterable[dict]) -> dict[str, dict]:
@@ -214,6 +257,7 @@ def collect(
     wait_for: Collection[str] = (),
     poll_seconds: float = 0.05,
     flow_name: str = "TorchPerfFlow",
+    baseline: str | None = None,
 ) -> Collected:
     """Read the tag's runs not in ``previous`` (in any branch) and merge the successful ones.
 
@@ -227,6 +271,14 @@ def collect(
 
     namespace(None)
     started = time.perf_counter()
+    baseline_cells = None
+    if baseline:
+        from functools import cache
+
+        from torchperf.compare import load_sweep
+
+        # Read only when a new run needs it: a trigger that finds nothing new reads nothing.
+        baseline_cells = cache(lambda: load_sweep(baseline))
     try:
         listed = list(Flow(flow_name).runs(tag))
     except MetaflowNotFound:
@@ -242,7 +294,9 @@ def collect(
             if status == SUCCESSFUL:
                 data = run.data
                 created = run.created_at.isoformat()
-                new.append(row_from_run(run.pathspec, data.config, data.result, created))
+                new.append(
+                    row_from_run(run.pathspec, data.config, data.result, created, baseline_cells)
+                )
             elif status == FAILED:
                 failed.append(_failed_row(run))
             elif (in_end_step(run) or on_branch(run, wait_for)) and time.monotonic() < deadline:

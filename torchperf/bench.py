@@ -5,11 +5,14 @@ Only ``measure`` touches torch (imported there, so importing this module stays c
 
 from __future__ import annotations
 
+import glob
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from torchperf import stats
 
 # A timed sample lasts about this long: long enough for perf_counter, short enough for many.
 SAMPLE_SECONDS = 0.1
@@ -18,6 +21,15 @@ SETTLE_WINDOW = 3
 SETTLE_TOLERANCE = 0.02
 # Samples spread wider than this (IQR / median) mark the number as noisy.
 NOISY_IQR_RATIO = 0.05
+# A measurement whose process got less CPU time than this share of threads x wall time over its
+# timed samples shared its cores. Alone, the share is 0.99-1.01 here even for tiny matrices
+# (OpenMP's threads spin between calls); one busy process on one measured core brings it to
+# 0.50 at 1 thread and 0.6-0.7 at 2 (checked on 2 cores, n = 32 to 512).
+SHARED_BELOW = 0.85
+# ... and its threads waited in the run queue for a core longer than this share of threads x
+# wall time (where /proc says: alone 0.00-0.01, with a competitor 0.3-0.8). This keeps threads
+# that sleep instead of spinning (OMP_WAIT_POLICY=passive) from looking like contention.
+WAITED_ABOVE = 0.05
 
 
 def flops_per_squaring(tensor_dim: int) -> int:
@@ -40,12 +52,53 @@ def summarize(samples: Sequence[float]) -> dict:
     else:
         q1 = q3 = median
     iqr_ratio = (q3 - q1) / median if median > 0 else float("inf")
+    interval = stats.median_ci(samples)
     return {
         "gflops": median,
         "gflops_q1": q1,
         "gflops_q3": q3,
         "iqr_ratio": iqr_ratio,
         "noisy": iqr_ratio > NOISY_IQR_RATIO,
+        # The median's distribution-free confidence interval and the digits it supports.
+        "gflops_ci": [interval.low, interval.high],
+        "gflops_ci_level": interval.level,
+        "gflops_sig_figs": stats.significant_figures(median, interval),
+    }
+
+
+def run_queue_seconds() -> float | None:
+    """Seconds this process's threads have waited for a core (Linux schedstat), or None."""
+    total, found = 0, False
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path) as stat:
+                total += int(stat.read().split()[1])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9 if found else None
+
+
+def contention(
+    cpu_seconds: float, wall_seconds: float, threads: int, waited_seconds: float | None = None
+) -> dict:
+    """Whether the cores were shared while measuring: the CPU time the process got against
+    threads x wall time, confirmed by its run-queue wait where that is known."""
+    capacity = threads * wall_seconds
+    utilization = cpu_seconds / capacity if capacity > 0 else 1.0
+    waited = None if waited_seconds is None or capacity <= 0 else waited_seconds / capacity
+    shared = utilization < SHARED_BELOW and (waited is None or waited > WAITED_ABOVE)
+    warnings = []
+    if shared:
+        warnings.append(
+            f"shared cores: the process got {100 * utilization:.0f} % of {threads} thread(s) x "
+            "wall time while measuring (another process ran on its cores)"
+        )
+    return {
+        "cpu_utilization": utilization,  # CPU time / (threads x wall) over the timed samples
+        "run_queue_share": waited,  # run-queue wait / (threads x wall); None: not readable
+        "shared": shared,
+        "warnings": warnings,
     }
 
 
@@ -171,10 +224,18 @@ def measure(
 
     samples: list[float] = []
     measured = 0.0
+    # CPU time and run-queue wait over the timed samples only, not the renders between them.
+    cpu_seconds, waited_seconds = 0.0, 0.0
+    waited_known = run_queue_seconds() is not None
     # Each phase counts its own seconds: a render comes after a full second of measuring.
     notified[0] = time.monotonic()
     while measured < measure_seconds:
+        cpu_before, waited_before = time.process_time(), run_queue_seconds()
         seconds = timed(calls)
+        cpu_seconds += time.process_time() - cpu_before
+        waited_after = run_queue_seconds()
+        if waited_known and waited_before is not None and waited_after is not None:
+            waited_seconds += waited_after - waited_before
         measured += seconds
         samples.append(gflops(tensor_dim, calls, seconds))
         if measured >= measure_seconds:
@@ -187,11 +248,15 @@ def measure(
                     "measuring", len(samples), measured, measure_seconds, statistics.median(samples)
                 )
             )
-    stats = summarize(samples)
+    summary = summarize(samples)
+    sharing = contention(
+        cpu_seconds, measured, torch.get_num_threads(), waited_seconds if waited_known else None
+    )
     result = {
-        **stats,
+        **summary,
+        **sharing,
         "gflops_samples": samples,
-        "squarings_per_second": stats["gflops"] * 1e9 / flops_per_squaring(tensor_dim),
+        "squarings_per_second": summary["gflops"] * 1e9 / flops_per_squaring(tensor_dim),
         "calls_per_sample": calls,
         "threads": torch.get_num_threads(),
         "tensor_dim": tensor_dim,
@@ -205,5 +270,5 @@ def measure(
         "measured_from": measured_from,
         "measured_until": time.time(),
     }
-    notify(Progress("done", len(samples), measured, measure_seconds, stats["gflops"]), force=True)
+    notify(Progress("done", len(samples), measured, measure_seconds, summary["gflops"]), force=True)
     return result

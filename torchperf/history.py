@@ -33,3 +33,19 @@ def succeeded_variants(tag: str) -> dict[str, Done]:
             branch = branch_name(tag, config["cpu"], config["tensor_dim"], config["device"])
             done[branch] = Done(run.pathspec, float(result["gflops"]))
     return done
+
+
+def result_details(pathspec: str) -> dict:
+    """The interval of the median and the warnings of a run's result, {} where unreadable
+    (a run measured before they were recorded, a run this machine cannot see)."""
+    from metaflow import Run, namespace
+
+    namespace(None)
+    try:
+        result = Run(pathspec).data.result
+    except Exception:  # noqa: BLE001 - the summary goes on without them
+        return {}
+    details = {"warnings": list(result.get("warnings") or [])}
+    if result.get("gflops_ci"):
+        details["gflops_ci"] = [*result["gflops_ci"], result.get("gflops_ci_level")]
+    return details

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from torchperf import stats
 from torchperf.bench import NOISY_IQR_RATIO, Progress
 from torchperf.settings import VariantSettings
 
@@ -62,10 +63,10 @@ class BenchmarkCard:
 
     def finish(self, result: dict) -> None:
         """Replace the running figure with the result; the final render happens at task end."""
-        from metaflow.cards import Table
+        from metaflow.cards import Markdown, Table
 
         self._status.update(
-            f"**{result['gflops']:.1f} GFLOP/s** median"
+            f"**{figure(result)}** median"
             + (
                 f" · **noisy**: samples spread more than {100 * NOISY_IQR_RATIO:g} %"
                 if result["noisy"]
@@ -76,6 +77,12 @@ class BenchmarkCard:
         self._bar.update(100)
         rows = [
             ["GFLOP/s (median)", f"{result['gflops']:.2f}"],
+            ["confidence interval of the median", figure(result)],
+            [
+                "CPU time / (threads × wall)",
+                f"{100 * result['cpu_utilization']:.0f} %"
+                + (" (shared cores)" if result.get("shared") else ""),
+            ],
             ["IQR / median", f"{100 * result['iqr_ratio']:.2f} %"],
             ["squarings per second", f"{result['squarings_per_second']:.2f}"],
             ["timed samples", str(len(result["gflops_samples"]))],
@@ -97,3 +104,24 @@ class BenchmarkCard:
             ["torch", result["torch_version"]],
         ]
         self._card.append(Table(rows, headers=["", "value"]))
+        self._card.append(Markdown("## Environment"))
+        self._card.append(Table(environment_rows(result.get("env") or {}), headers=["", "value"]))
+
+
+def figure(result: dict) -> str:
+    """The median with its confidence interval, to the digits it supports."""
+    low, high = result["gflops_ci"]
+    return stats.describe(result["gflops"], low, high, result["gflops_ci_level"])
+
+
+def environment_rows(env: dict) -> list[list[str]]:
+    """The fingerprint as card rows; an unreadable field shows as "unknown"."""
+
+    def shown(value) -> str:
+        if value is None:
+            return "unknown"
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return [[key.replace("_", " "), shown(value)] for key, value in env.items()]

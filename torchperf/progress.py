@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from torchperf import stats
 from torchperf.backends.base import Outcome
 from torchperf.plan import Variant
 
@@ -79,16 +80,31 @@ class SweepProgress:
         """Stop the bar and print one row per variant."""
         self._progress.stop()
         table = Table(title="torchperf sweep")
-        for column in ("cpu", "tensor_dim", "status", "GFLOP/s", "run"):
-            table.add_column(column, justify="right" if column != "run" else "left")
+        for column in ("cpu", "tensor_dim", "status", "GFLOP/s", "warnings", "run"):
+            table.add_column(column, justify="left" if column in ("warnings", "run") else "right")
         for entry in sorted(variants, key=lambda v: (v["tensor_dim"], v["cpu"])):
             style = STATUS_STYLE.get(entry["status"], "")
-            gflops = "" if entry["gflops"] is None else f"{entry['gflops']:.1f}"
             table.add_row(
                 str(entry["cpu"]),
                 str(entry["tensor_dim"]),
                 f"[{style}]{entry['status']}[/]",
-                gflops,
+                figure(entry),
+                "[yellow]" + "; ".join(short(w) for w in entry.get("warnings") or []) + "[/]",
                 entry["run"] or entry.get("message", ""),
             )
         self.console.print(table)
+
+
+def figure(entry: dict) -> str:
+    """The median to the digits its interval supports, with the interval where known."""
+    if entry["gflops"] is None:
+        return ""
+    if not entry.get("gflops_ci"):
+        return f"{entry['gflops']:.1f}"
+    low, high, level = entry["gflops_ci"]
+    return stats.describe(entry["gflops"], low, high, level or stats.CONFIDENCE, unit="")
+
+
+def short(warning: str) -> str:
+    """A warning's first clause ("shared cores", "throttled"): the table stays one line."""
+    return warning.split(":")[0]

@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchperf.analytics import cell, gflops_table, progress_line, series
+from torchperf import stats
+from torchperf.analytics import ENV_FIELDS, cell, gflops_table, progress_line, series
 from torchperf.bench import NOISY_IQR_RATIO
 from torchperf.plan import series_label
 
@@ -93,20 +94,75 @@ def scaling_pngs(rows: Sequence[dict]) -> dict[str, bytes]:
     return pngs
 
 
+def figure_text(row: Mapping) -> str:
+    """A row's median to the digits its interval supports, with the interval when known."""
+    low = row.get("gflops_ci_low")
+    if low is None or math.isnan(low):
+        return f"{row['gflops']:.1f}"
+    return stats.describe(
+        row["gflops"], low, row["gflops_ci_high"], row["gflops_ci_level"], unit=""
+    )
+
+
 def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    cpus, columns, cells = gflops_table(rows)
-    noisy = {cell(r) for r in rows if r["noisy"]}
+    cpus, columns, _ = gflops_table(rows)
+    by_cell = {cell(r): r for r in rows}
     headers = ["cpu \\ tensor_dim"] + [series_label(*column) for column in columns]
     body = []
-    for cpu, line in zip(cpus, cells, strict=True):
-        shown = [
-            "-"
-            if value is None
-            else f"{value:.1f}" + (" (noisy)" if (cpu, *column) in noisy else "")
-            for column, value in zip(columns, line, strict=True)
-        ]
+    for cpu in cpus:
+        shown = []
+        for column in columns:
+            row = by_cell.get((cpu, *column))
+            if row is None:
+                shown.append("-")
+                continue
+            flags = [flag for flag, on in (("noisy", row["noisy"]), ("warning", warned(row))) if on]
+            shown.append(figure_text(row) + "".join(f" ({flag})" for flag in flags))
         body.append([str(cpu), *shown])
     return headers, body
+
+
+def warned(row: Mapping) -> bool:
+    warnings = row.get("warnings")
+    return bool(warnings) and not (isinstance(warnings, float) and math.isnan(warnings))
+
+
+BASELINE_HEADERS = ["cpu", "tensor_dim", "baseline GFLOP/s", "GFLOP/s", "B / A", "verdict"]
+
+
+def baseline_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """Each variant against its baseline cell, "-" where the baseline has none."""
+    body = []
+    for r in rows:
+        against = r.get("baseline")
+        if not isinstance(against, Mapping):
+            body.append(
+                [str(r["cpu"]), series_label(*cell(r)[1:]), "-", f"{r['gflops']:.1f}", "-", "-"]
+            )
+            continue
+        low, high = against["ratio_ci"]
+        body.append(
+            [
+                str(r["cpu"]),
+                series_label(*cell(r)[1:]),
+                f"{against['gflops_a']:.1f}",
+                f"{r['gflops']:.1f}",
+                stats.describe(against["ratio"], low, high, stats.CONFIDENCE, unit="x"),
+                against["verdict"],
+            ]
+        )
+    return body
+
+
+def environment_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """Each fingerprint field with the values seen across the sweep; "differs" where the
+    variants were not measured alike (another node type, another image)."""
+    body = []
+    for key in ENV_FIELDS:
+        seen = sorted({str(env.get(key)) for r in rows if isinstance(env := r.get("env"), Mapping)})
+        if seen:
+            body.append([key, ", ".join(seen) + (" (differs)" if len(seen) > 1 else "")])
+    return body
 
 
 def fill_card(
@@ -118,6 +174,7 @@ def fill_card(
     running: Sequence[str] = (),
     planned: int | None = None,
     figures: Mapping[str, bytes],
+    baseline: str | None = None,
 ) -> None:
     """Append the sweep's components to a blank card (``current.card[CARD_ID]``).
 
@@ -133,7 +190,7 @@ def fill_card(
         card.append(Markdown("No successful variant yet."))
     else:
         headers, body = _table_rows(rows)
-        card.append(Markdown("## GFLOP/s (median) by cpu and tensor_dim"))
+        card.append(Markdown("## GFLOP/s (median, with its confidence interval) by cpu and n"))
         card.append(Table(body, headers=headers))
         card.append(VegaChart(vega_spec(rows)))
         # Image(bytes), not Image.from_matplotlib: that one imports pyplot for nothing.
@@ -157,6 +214,25 @@ def fill_card(
                 headers=["cpu", "tensor_dim", "IQR / median", "run"],
             )
         )
+    if baseline:
+        card.append(Markdown(f"## Against the baseline `{baseline}` (B / A: above 1 is faster)"))
+        card.append(Table(baseline_rows(rows), headers=BASELINE_HEADERS))
+    flagged = [r for r in rows if warned(r)]
+    card.append(Markdown(f"## Variants with warnings ({len(flagged)}): they still count"))
+    if flagged:
+        card.append(
+            Table(
+                [
+                    [r["cpu"], series_label(*cell(r)[1:]), "; ".join(r["warnings"]), r["run"]]
+                    for r in flagged
+                ],
+                headers=["cpu", "tensor_dim", "warnings", "run"],
+            )
+        )
+    environment = environment_rows(rows)
+    if environment:
+        card.append(Markdown("## Environment"))
+        card.append(Table(environment, headers=["", "value"]))
     card.append(Markdown(f"## Failed variants ({len(failed)})"))
     if failed:
         card.append(

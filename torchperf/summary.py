@@ -41,6 +41,10 @@ class SweepSummary:
             "run": outcome.run,
             "gflops": outcome.gflops,
         }
+        if outcome.gflops_ci:
+            entry["gflops_ci"] = outcome.gflops_ci  # [low, high, level]
+        if outcome.warnings is not None:
+            entry["warnings"] = outcome.warnings  # shared cores, throttling, governor
         if outcome.message:
             entry["message"] = outcome.message
         with self._lock:

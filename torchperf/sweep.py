@@ -106,6 +106,11 @@ class Sweep:
         """
         resumed = bool(tag or config.tag)
         tag = tag or (check_tag(str(config.tag)) if config.tag else new_sweep_tag())
+        baseline = config.get("baseline")
+        if baseline:
+            from torchperf.compare import load_sweep
+
+            load_sweep(check_tag(str(baseline)))  # ConfigError for an unknown tag, at once
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
         planned = plan_variants(base, jobs or [], tag)
         # A given tag resumes that sweep: what already succeeded is not run again.
@@ -119,6 +124,7 @@ class Sweep:
             dry_run=bool(config.dry_run),
             live_analytics=bool(config.live_analytics),
             variant_timeout_seconds=float(config.variant_timeout_seconds),
+            baseline=str(baseline) if baseline else None,
         )
         options = dict(config.backend)
         name = options.get("name", "local")
@@ -160,6 +166,12 @@ class Sweep:
         return self.backend.run_variant(self.spec, variant, settings)
 
     def _end(self, variant: Variant, outcome: Outcome) -> None:
+        if outcome.status in ("succeeded", "skipped") and outcome.run and outcome.warnings is None:
+            from torchperf.history import result_details
+
+            details = result_details(outcome.run)
+            outcome.gflops_ci = details.get("gflops_ci")
+            outcome.warnings = details.get("warnings")
         self.summary.record(variant, outcome)
         if self.progress:
             self.progress.ended(variant, outcome)

@@ -25,11 +25,13 @@ class SweepSpec:
     dry_run: bool = False  # compile and check everything, run nothing
     live_analytics: bool = True  # analytics after every successful variant, not only at the end
     variant_timeout_seconds: float = 1800.0  # a variant running longer is stopped: timeout
+    baseline: str | None = None  # an earlier sweep's tag the analytics card compares against
 
     def analytics_config(self, wait_for: list[str] = ()) -> dict:
         """SweepAnalyticsFlow's config for this sweep; ``wait_for`` names the variants (branches)
         whose runs it waits for (local runs that are still ending)."""
         config = {"tag": self.tag, "event": self.event, "planned": len(self.planned) or None}
+        config |= {"baseline": self.baseline} if self.baseline else {}
         return config | ({"wait_for": list(wait_for)} if wait_for else {})
 
 
@@ -42,6 +44,10 @@ class Outcome:
     gflops: float | None = None  # the measured median, when it succeeded
     message: str | None = None  # why it did not succeed, one line
     measure_seconds: float | None = None  # time spent in timed samples, when it succeeded
+    # The median's interval [low, high, level] and the result's warnings; None: not read yet
+    # (the sweep reads them from the run).
+    gflops_ci: list[float] | None = None
+    warnings: list[str] | None = None
 
 
 class Backend(Protocol):
