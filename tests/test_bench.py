@@ -48,6 +48,22 @@ def test_samples_last_about_a_tenth_of_a_second():
     assert bench.calls_per_sample(5.0) == 1
 
 
+def test_a_short_budget_takes_shorter_samples_not_fewer():
+    assert bench.sample_seconds(60.0) == bench.SAMPLE_SECONDS
+    assert bench.sample_seconds(0.2) == pytest.approx(0.2 / bench.MIN_SAMPLES)
+
+
+def test_timed_samples_are_sized_from_warm_calls_not_the_cold_first_one():
+    # GIVEN a small matrix, whose first (cold) call is many times slower than a warm one
+    budget = 0.5
+    result = bench.measure(64, 1, budget)
+    # THEN each timed sample lasts about as planned (sized from the cold call, ~1 ms)
+    seconds_per_sample = result["calls_per_sample"] / result["squarings_per_second"]
+    planned = bench.sample_seconds(budget)
+    assert planned / 3 < seconds_per_sample < planned * 3
+    assert len(result["gflops_samples"]) >= bench.MIN_SAMPLES / 2
+
+
 def test_choose_cores_takes_distinct_lowest_cores():
     assert bench.choose_cores(2, [3, 1, 2, 1]) == [1, 2]
 

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 
 from torchperf import stats
 
-# A timed sample lasts about this long: long enough for perf_counter, short enough for many.
+# A timed sample lasts about this long: long enough for perf_counter and to span the scheduler's
+# time slices (a sample shorter than a slice can miss a competitor), short enough for many.
 SAMPLE_SECONDS = 0.1
+# A budget gives at least this many samples (shorter ones if it must): the median's interval
+# needs them.
+MIN_SAMPLES = 10
 # Warm-up ends when this many consecutive samples agree within SETTLE_TOLERANCE of their median.
 SETTLE_WINDOW = 3
 SETTLE_TOLERANCE = 0.02
@@ -111,9 +115,14 @@ def settled(rates: Sequence[float]) -> bool:
     return all(abs(rate - middle) <= SETTLE_TOLERANCE * middle for rate in window)
 
 
-def calls_per_sample(seconds_per_call: float) -> int:
-    """How many squarings make one timed sample of about SAMPLE_SECONDS."""
-    return max(1, round(SAMPLE_SECONDS / max(seconds_per_call, 1e-9)))
+def sample_seconds(measure_seconds: float) -> float:
+    """How long one timed sample should last within a budget of ``measure_seconds``."""
+    return min(SAMPLE_SECONDS, measure_seconds / MIN_SAMPLES)
+
+
+def calls_per_sample(seconds_per_call: float, seconds: float = SAMPLE_SECONDS) -> int:
+    """How many squarings make one timed sample of about ``seconds``."""
+    return max(1, round(seconds / max(seconds_per_call, 1e-9)))
 
 
 def choose_cores(cpu: int, allowed: Sequence[int]) -> list[int]:
@@ -212,13 +221,17 @@ def measure(
     while busy and busy():
         time.sleep(0.01)
     measured_from = time.time()
-    # The first call pays for thread start-up and allocation: it only sizes the samples.
-    calls = calls_per_sample(timed(1))
+    # The first call pays for thread start-up and allocation (10-50x a warm one): it only gives a
+    # first size, and each warm-up sample sizes the next, so that timed samples last as planned.
+    target = sample_seconds(measure_seconds)
+    calls = calls_per_sample(timed(1), target)
     warmup_rates: list[float] = []
     warmup_started = time.perf_counter()
     notified[0] = time.monotonic()
     while not settled(warmup_rates) and time.perf_counter() - warmup_started < max_warmup_seconds:
-        warmup_rates.append(gflops(tensor_dim, calls, timed(calls)))
+        seconds = timed(calls)
+        warmup_rates.append(gflops(tensor_dim, calls, seconds))
+        calls = calls_per_sample(seconds / calls, target)
         notify(Progress("warmup", 0, 0.0, measure_seconds, None))
     warmup_seconds = time.perf_counter() - warmup_started
 
