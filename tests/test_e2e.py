@@ -203,3 +203,38 @@ def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
     # Without live analytics, one final analytics run; none for the interrupted sweep.
     (analytics,) = runs_tagged(summary["tag"], "SweepAnalyticsFlow")
     assert sorted(analytics.data.results["tensor_dim"]) == [32, 40, 48]
+
+
+def sweep_processes(sweep_dir):
+    """Processes of a sweep's runs: their command line carries the sweep dir (the turns folder)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if str(sweep_dir).encode() in cmdline.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_sweep_killed_outright_leaves_nothing_waiting(tmp_path):
+    # GIVEN a sweep whose second variant has started and is ready for its turn
+    sweep_dir = tmp_path / "killed"
+    grid = ["cpu=1", "tensor_dim=32,48", "measure_seconds=1", "live_analytics=false"]
+    sweep = subprocess.Popen(
+        sweep_command(sweep_dir, *grid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    turns = sweep_dir / ".turns"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(turns.glob("*.ready"))) < 2:
+        time.sleep(0.05)
+    assert len(list(turns.glob("*.ready"))) == 2, "the second variant never got ready"
+    # WHEN the sweep is killed with SIGKILL (no clean-up of its own)
+    sweep.kill()
+    sweep.wait(timeout=10)
+    # THEN its runs end by themselves: the waiting step gives up, the one before finishes
+    deadline = time.monotonic() + 60
+    while sweep_processes(sweep_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not sweep_processes(sweep_dir)
