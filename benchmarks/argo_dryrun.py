@@ -82,7 +82,9 @@ def main() -> None:
         imports = [
             timed([sys.executable, "-c", "import metaflow"], env, scratch)[0] for _ in range(5)
         ]
-        runs = [dry_run(args.project, ["sweep=upstream"], env, scratch) for _ in range(args.repeats)]
+        runs = [
+            dry_run(args.project, ["sweep=upstream"], env, scratch) for _ in range(args.repeats)
+        ]
         large = None
         if args.large:
             dims = (1000, 1250, 1500, 1750, 2000)
@@ -102,7 +104,10 @@ def main() -> None:
     )
     if large:
         cpu, wall, count = large
-        print(f"  {count} variants: {wall:.1f} s wall, {cpu:.1f} CPU-s ({cpu / count:.3f} per variant)")
+        print(
+            f"  {count} variants: {wall:.1f} s wall, {cpu:.1f} CPU-s "
+            f"({cpu / count:.3f} per variant)"
+        )
 
 
 if __name__ == "__main__":

@@ -236,26 +236,41 @@ def _first_difference(a, b, where: str = "") -> str | None:
     return None if a == b else where.lstrip(".") or "the document"
 
 
+def _replace_in_values(document, replace):
+    """A copy with ``replace`` applied to every string value (keys left alone)."""
+    if isinstance(document, dict):
+        return {k: _replace_in_values(v, replace) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_replace_in_values(v, replace) for v in document]
+    return replace(document) if isinstance(document, str) else document
+
+
 def deployed_difference(validated: Mapping, deployed: Mapping | None) -> str | None:
     """Where the manifest the API holds differs from the one validated (None: it does not).
 
-    The values of DEPLOY_TIME_ANNOTATIONS count as equal wherever they appear, and the fields
-    the API server adds to metadata are left out; everything else must be equal.
+    The values of DEPLOY_TIME_ANNOTATIONS and the parameter file's name count as equal wherever
+    they appear, and the fields the API server adds to metadata are left out; everything else
+    must be equal.
     """
     if not deployed:
         return "nothing was deployed under that name"
-    deployed = copy.deepcopy(dict(deployed))
+    deployed = strip_nulls(copy.deepcopy(dict(deployed)))
     for field in SERVER_FIELDS:
         deployed.get("metadata", {}).pop(field, None)
-    text = json.dumps(strip_nulls(deployed))
-    for annotation in DEPLOY_TIME_ANNOTATIONS:
-        was, now = _annotations(validated).get(annotation), _annotations(deployed).get(annotation)
-        if was and now and was != now:
-            text = text.replace(now, was)
-    was, now = PARAMETER_FILE.search(json.dumps(validated)), PARAMETER_FILE.search(text)
-    if was and now:
-        text = re.sub(rf"\b{now[1]}\b", was[1], text)
-    return _first_difference(strip_nulls(dict(validated)), json.loads(text))
+    validated = strip_nulls(dict(validated))
+    pairs = [
+        (_annotations(deployed).get(key), _annotations(validated).get(key))
+        for key in DEPLOY_TIME_ANNOTATIONS
+    ]
+    was, now = (
+        PARAMETER_FILE.search(json.dumps(validated)),
+        PARAMETER_FILE.search(json.dumps(deployed)),
+    )
+    pairs += [(now[1], was[1])] if was and now else []
+    for now, was in pairs:
+        if now and was and now != was:
+            deployed = _replace_in_values(deployed, lambda text, a=now, b=was: text.replace(a, b))
+    return _first_difference(validated, deployed)
 
 
 def redact(document):
