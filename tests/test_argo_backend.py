@@ -8,6 +8,7 @@ side (events from inside, results read back) is shown on the simulated cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from cluster.metadata import start_metadata_service
 from cluster.s3 import start_moto
 from kube_api import KubeAPI
 
+from torchperf import manifests
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
 from torchperf.manifests import TITLE
@@ -392,3 +394,110 @@ def test_start_puts_the_pending_variants_in_flight_and_not_the_resumed_ones(envi
     ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
     assert outcome.status == "succeeded"
     assert "c2_n64" in ran and "c1_n64" not in ran
+
+
+def test_what_the_api_received_is_what_was_validated_but_for_the_deploys_own_token(
+    environ, api, tmp_path
+):
+    # GIVEN a sweep whose deployments are kept, WHEN it has run
+    sweep = make_sweep(tmp_path, "sametag", [(2, 64)])
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, keep_deployments=True)
+    outcomes, _ = run_sweep(backend, sweep)
+    assert outcomes["c2_n64"].status == "succeeded", outcomes
+    # THEN the stored template is the validated one, apart from what a deploy sets itself
+    validated = backend._planned["c2_n64"].template
+    (stored,) = [
+        obj for (_, plural, name), obj in api.objects.items()
+        if plural == "workflowtemplates" and name == validated["metadata"]["name"]
+    ]  # fmt: skip
+    token = stored["metadata"]["annotations"]["metaflow/production_token"]
+    assert token != validated["metadata"]["annotations"]["metaflow/production_token"]
+    assert manifests.deployed_difference(validated, stored) is None
+    # ... and a changed request would have been seen
+    start = next(t for t in stored["spec"]["templates"] if t["name"] == "start")
+    start["container"]["resources"]["requests"]["cpu"] = "3"
+    assert "resources.requests.cpu" in manifests.deployed_difference(validated, stored)
+
+
+def test_a_variant_deployed_otherwise_than_validated_fails_and_never_runs(environ, api, tmp_path):
+    # GIVEN a preflight whose validated template for one variant no longer matches what a
+    # deploy of that variant creates (as if the flow had changed in between)
+    sweep = make_sweep(tmp_path, "drifttag", [(1, 64), (2, 64)])
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    planned = backend._planned["c1_n64"].template
+    planned["metadata"]["annotations"][TITLE] = "something else"
+    # WHEN the sweep deploys both
+    outcomes = {v.id: backend.run_variant(sweep, v, s) for v, s in sweep.planned}
+    backend.finish(sweep, interrupted=False)
+    # THEN the drifted one failed before any workflow started from it; the other ran
+    assert outcomes["c1_n64"].status == "failed"
+    assert "differs from the validated template" in outcomes["c1_n64"].message
+    assert TITLE in outcomes["c1_n64"].message
+    assert outcomes["c2_n64"].status == "succeeded"
+    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
+    assert "c1_n64" not in ran and "c2_n64" in ran
+    assert api.names("workflowtemplates") == []
+
+
+def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_root(
+    environ, tmp_path
+):
+    import io
+    import tarfile
+
+    import boto3
+
+    from torchperf.backends.argo import package_path
+    from torchperf.backends.compile_server import CompileServer
+
+    # GIVEN the variant flow compiled the way the preflight compiles it
+    server = CompileServer({**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}, ROOT, tmp_path)
+    try:
+        config = json.dumps(VariantSettings(cpu=1, tensor_dim=64, tag="pkgtag").as_config())
+        compiled = server.compile(str(package_path("torchtest.py")), [
+            "--quiet", "--no-pylint", "--datastore", "s3", "--branch", "pkgtag_c1",
+            "--config-value", "config", config, "argo-workflows", "create", "--only-json",
+        ])  # fmt: skip
+    finally:
+        server.close()
+    # WHEN we open the code package its pods download
+    start = next(
+        t for t in compiled["workflow_template"]["spec"]["templates"] if t["name"] == "start"
+    )
+    url = next(e["value"] for e in start["container"]["env"] if e["name"] == "METAFLOW_CODE_URL")
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    s3 = boto3.client(
+        "s3", endpoint_url=environ["METAFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key=SECRET,
+    )  # fmt: skip
+    blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    import gzip
+
+    with contextlib.suppress(OSError):
+        blob = gzip.decompress(blob)  # Metaflow's datastore may compress what it saves
+    with tarfile.open(fileobj=io.BytesIO(blob)) as package:
+        names = package.getnames()
+    # THEN the user code is the two flows and torchperf/, nothing else from the project root
+    user = {name.split("/")[0] for name in names if not name.startswith(".mf_")}
+    assert user == {"torchtest.py", "sweep_analytics.py", "torchperf"}
+    assert "torchperf/bench.py" in names and "torchperf/backends/argo.py" in names
+    # ... beside Metaflow itself and the card extension the pods load
+    assert any(name.startswith(".mf_code/metaflow/") for name in names)
+    assert any(name.startswith(".mf_code/metaflow_extensions/torchperf/") for name in names)
+    assert not any("/.venv/" in name or name.startswith(("tests/", ".venv")) for name in names)
+
+
+def test_a_compile_that_fails_is_reported_with_what_the_flow_printed(environ, tmp_path):
+    from torchperf.backends.argo import package_path
+    from torchperf.backends.compile_server import CompileFailed, CompileServer
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    server = CompileServer(environ, ROOT, scratch)
+    try:
+        with pytest.raises(CompileFailed, match="no such option: --no-such-option"):
+            server.compile(str(package_path("torchtest.py")), ["--no-such-option"])
+    finally:
+        server.close()
+    assert list(scratch.iterdir()) == []  # nothing left behind

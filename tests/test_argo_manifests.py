@@ -235,3 +235,39 @@ def test_redaction_hides_credentials_and_keeps_the_rest():
     text = json.dumps(manifests.redact(manifests.strip_nulls(document)))
     assert '"tok"' not in text and '"k"' not in text and '"s"' not in text
     assert "s3://b/code" in text and '"me"' in text
+
+
+def _compiled(token: str, when: str, parameter_file: str, cpu: str = "1") -> dict:
+    """The parts of a compiled template that differ between two compiles of one variant."""
+    command = (
+        f"python -m metaflow.plugins.argo.set_parameters {parameter_file} x && . {parameter_file}"
+    )
+    annotations = {"metaflow/production_token": token, "metaflow/deployment_timestamp": when}
+    version = json.dumps({"production_token": token})
+    return {
+        "metadata": {"name": "wt", "annotations": annotations},
+        "spec": {
+            "podMetadata": {"annotations": {"metaflow/deployment_timestamp": when}},
+            "templates": [{"name": "start", "container": {
+                "command": ["bash", "-c", command],
+                "env": [{"name": "METAFLOW_VERSION", "value": version}],
+                "resources": {"requests": {"cpu": cpu}},
+            }}],
+        },
+    }  # fmt: skip
+
+
+def test_a_deploy_differs_from_its_validated_compile_only_where_a_deploy_must():
+    validated = _compiled("__PLACEHOLDER_PRODUCTION_TOKEN__", "2026-12-02T10:00", "abcdefghij")
+    deployed = _compiled("torchperf-x-tok123", "2026-12-02T10:05", "zyxwvutsrq")
+    deployed["metadata"].update(resourceVersion="7", uid="u", creationTimestamp="now")
+    assert manifests.deployed_difference(validated, deployed) is None
+
+
+def test_any_other_difference_in_the_deployed_template_is_named():
+    validated = _compiled("__PLACEHOLDER_PRODUCTION_TOKEN__", "t0", "abcdefghij")
+    deployed = _compiled("torchperf-8f3a2c91", "t1", "zyxwvutsrq", cpu="2")
+    assert manifests.deployed_difference(validated, deployed) == (
+        "spec.templates[0].container.resources.requests.cpu"
+    )
+    assert manifests.deployed_difference(validated, None) == "nothing was deployed under that name"

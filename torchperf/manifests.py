@@ -206,6 +206,73 @@ def sensor_problems(sensor: Mapping | None, event: str, branch: str) -> list[str
     return problems
 
 
+# Fields the API server adds to what it stores.
+SERVER_FIELDS = ("creationTimestamp", "generation", "managedFields", "resourceVersion", "uid")
+# Annotations whose values a deploy sets apart from the compile that was validated: when it was
+# compiled, and the production token (``create --only-json`` puts a placeholder). Each value
+# also appears elsewhere (pod metadata, env values holding JSON).
+DEPLOY_TIME_ANNOTATIONS = ("metaflow/deployment_timestamp", "metaflow/production_token")
+# The file the start step writes the flow's parameters to has a random name per compile.
+PARAMETER_FILE = re.compile(r"argo\.set_parameters ([a-z]{10}) ")
+
+
+def _first_difference(a, b, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return f"{where}.{key}".lstrip(".")
+            found = _first_difference(a[key], b[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where} (length {len(a)} vs {len(b)})".lstrip(".")
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return None if a == b else where.lstrip(".") or "the document"
+
+
+def _replace_in_values(document, replace):
+    """A copy with ``replace`` applied to every string value (keys left alone)."""
+    if isinstance(document, dict):
+        return {k: _replace_in_values(v, replace) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_replace_in_values(v, replace) for v in document]
+    return replace(document) if isinstance(document, str) else document
+
+
+def deployed_difference(validated: Mapping, deployed: Mapping | None) -> str | None:
+    """Where the manifest the API holds differs from the one validated (None: it does not).
+
+    The values of DEPLOY_TIME_ANNOTATIONS and the parameter file's name count as equal wherever
+    they appear, and the fields the API server adds to metadata are left out; everything else
+    must be equal.
+    """
+    if not deployed:
+        return "nothing was deployed under that name"
+    deployed = strip_nulls(copy.deepcopy(dict(deployed)))
+    for field in SERVER_FIELDS:
+        deployed.get("metadata", {}).pop(field, None)
+    validated = strip_nulls(dict(validated))
+    pairs = [
+        (_annotations(deployed).get(key), _annotations(validated).get(key))
+        for key in DEPLOY_TIME_ANNOTATIONS
+    ]
+    was, now = (
+        PARAMETER_FILE.search(json.dumps(validated)),
+        PARAMETER_FILE.search(json.dumps(deployed)),
+    )
+    pairs += [(now[1], was[1])] if was and now else []
+    for now, was in pairs:
+        if now and was and now != was:
+            deployed = _replace_in_values(deployed, lambda text, a=now, b=was: text.replace(a, b))
+    return _first_difference(validated, deployed)
+
+
 def redact(document):
     """A copy with credential-bearing env values and annotations replaced by a marker."""
     if isinstance(document, list):

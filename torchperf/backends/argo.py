@@ -5,9 +5,15 @@ analytics flow and submits every pending variant to a pool of ``max_parallel`` t
 ``run_variant`` then only waits for its own variant's future (one not planned, from a sweeper
 that chooses values as it goes, is submitted when it comes).
 
-Metaflow's Deployer compiles and creates (one subprocess each, with this backend's settings in
-``env=``); trigger, status, terminate and delete are single Kubernetes API calls made here, the
-requests Metaflow itself sends, so that no variant waits for a Python start-up to begin or end.
+The preflight compiles every manifest in a compile server (compile_server.py: Metaflow imported
+once, a forked child per flow compile, as many at once as there are cores); Metaflow's Deployer
+creates (one subprocess per variant, with this backend's settings in ``env=``), and what it
+created is read back and compared with what the preflight validated before anything is
+triggered. Both start the flows by their links in ``.deploy/``, so that the code package holds
+what the pods need (the two flows and ``torchperf/``; Metaflow adds itself and the card
+extension) instead of a walk over the project root. Trigger, status, terminate and delete are
+single Kubernetes API calls made here, the requests Metaflow itself sends, so that no variant
+waits for a Python start-up to begin or end.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import atexit
 import dataclasses
 import json
 import os
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,12 +34,17 @@ from pathlib import Path
 
 from torchperf import manifests
 from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.backends.compile_server import CompileFailed, CompileServer
 from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+# Links to what the pods import: the two flows and torchperf/. Metaflow packages the directory
+# of the flow file it is started by (following links), and the project root holds .venv and
+# the .metaflow datastore: tens of thousands of files walked for every compile.
+PACKAGE_DIR = ROOT / ".deploy"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 RUNNING = ("Pending", "Running")
 # The datastores pods can read the code package and artifacts from, with their root setting.
@@ -50,6 +61,14 @@ COMPILE_NEEDS = {
 }
 # Shown in a dry run's manifests where no image is set: a deploy refuses it.
 UNSET_IMAGE = "torchperf-image-not-set"
+
+
+def package_path(flow: str) -> Path:
+    """The path to start ``flow`` by for Argo: its link in PACKAGE_DIR, or the file itself where
+    the checkout has no working links (symlinks turned off)."""
+    link = PACKAGE_DIR / flow
+    package = (PACKAGE_DIR / "torchperf").resolve() == ROOT / "torchperf"
+    return link if package and link.resolve() == ROOT / flow else ROOT / flow
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -269,6 +288,20 @@ class Argo:
                 return None
             raise
 
+    def template(self, name: str) -> dict | None:
+        """The WorkflowTemplate as the API holds it (None: there is none)."""
+        return self._get("workflowtemplates", name)
+
+    def sensor(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self._call(
+                "get_namespaced_custom_object", GROUP, VERSION, namespace, "sensors", name
+            )
+        except self.rest.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     def phase(self, name: str) -> tuple[str, str]:
         """(phase, message); Error counts as Failed, as Metaflow reports it."""
         status = (self._get("workflows", name) or {}).get("status") or {}
@@ -416,8 +449,8 @@ class ArgoBackend:
         self.poll_seconds = poll_seconds
         self.workflow_ttl_seconds = workflow_ttl_seconds
         self.pod_gc = pod_gc
-        self.flow_file = str(ROOT / flow_file)
-        self.analytics_file = str(ROOT / analytics_file)
+        self.flow_file = str(package_path(flow_file))
+        self.analytics_file = str(package_path(analytics_file))
         self.environ = dict(os.environ if environ is None else environ)
         # Who triggered the workflows, as Metaflow records it.
         self._user = self.environ.get("METAFLOW_USER") or self.environ.get("USER") or "torchperf"
@@ -434,6 +467,9 @@ class ArgoBackend:
         self._argo: Argo | None = None
         self._torn_down = False
         self._sweep_tag: str | None = None  # known from preflight on: the label to select by
+        self._compilers: dict[str | None, CompileServer] = {}  # preflight only: one per image
+        self._validated_sensor: dict | None = None
+        self._analytics_template: dict | None = None
 
     # -- preflight ---------------------------------------------------------------------------
     def _env(self, image: str | None = None) -> dict:
@@ -488,20 +524,39 @@ class ArgoBackend:
             sweep.tag, variant, *title, ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc
         )
 
-    def _compile_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
+    def _compiler(self, image: str | None) -> CompileServer:
+        with self._lock:
+            if image not in self._compilers:
+                self._compilers[image] = CompileServer(self._env(image), ROOT, self._scratch)
+            return self._compilers[image]
+
+    def _compile(self, flow_file: str, branch: str, config: dict, create: dict, image=None):
+        """What ``Deployer(flow_file, branch=, config_value=).create(only_json=True, **create)``
+        compiles, in a child of the compile server: both manifests."""
+        options = [
+            "--quiet", "--no-pylint", "--datastore", self._settings.datastore, "--branch", branch,
+            "--config-value", "config", json.dumps(config),
+            "argo-workflows", "create", "--only-json",
+            *(f"--tag={tag}" for tag in create.get("tags", ())),
+            *(f"--{key.replace('_', '-')}={value}"
+              for key, value in create.items() if key != "tags"),
+        ]  # fmt: skip
         with self._deploy_slots:
-            deployer = self._deployer(
+            return self._compiler(image).compile(flow_file, options)
+
+    def _compile_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
+        try:
+            compiled = self._compile(
                 self.flow_file,
                 variant.branch,
                 self._variant_config(sweep, settings),
+                self._create_kwargs(sweep, settings),
                 self._image(settings),
             )
-            try:
-                created = deployer.create(only_json=True, **self._create_kwargs(sweep, settings))
-            except Exception as error:
-                why = one_line(error)
-                raise ConfigError(f"variant {variant.id} does not compile: {why}") from None
-        template = created.workflow_template
+        except CompileFailed as error:
+            why = one_line(error)
+            raise ConfigError(f"variant {variant.id} does not compile: {why}") from None
+        template = compiled["workflow_template"]
         manifests.validate_workflow_template(template)
         problems = manifests.variant_problems(
             template, settings, variant.branch, sweep.tag, guaranteed_qos=self.guaranteed_qos
@@ -512,24 +567,15 @@ class ArgoBackend:
 
     def _compile_analytics(self, sweep: SweepSpec) -> dict:
         branch = analytics_branch(sweep.tag)
-        with tempfile.TemporaryDirectory() as scratch:
-            out = Path(scratch, "analytics.json")
-            command = [
-                sys.executable, "-m", "torchperf.backends.argo_compile", str(out),
-                self.analytics_file, "--quiet", "--datastore", self._settings.datastore,
-                "--branch", branch,
-                "--config-value", "config", json.dumps(sweep.analytics_config()),
-                "argo-workflows", "create", "--only-json", "--tag", sweep.tag,
-                *(f"--{key.replace('_', '-')}={value}"
-                  for key, value in self._analytics_kwargs(sweep).items()),
-            ]  # fmt: skip
-            done = subprocess.run(
-                command, env=self._env(), cwd=ROOT, capture_output=True, text=True
+        try:
+            compiled = self._compile(
+                self.analytics_file,
+                branch,
+                sweep.analytics_config(),
+                {"tags": [sweep.tag], **self._analytics_kwargs(sweep)},
             )
-            if done.returncode or not out.exists():
-                why = one_line(done.stderr)
-                raise ConfigError(f"SweepAnalyticsFlow does not compile: {why}")
-            compiled = json.loads(out.read_text())
+        except CompileFailed as error:
+            raise ConfigError(f"SweepAnalyticsFlow does not compile: {one_line(error)}") from None
         manifests.validate_workflow_template(compiled["workflow_template"])
         manifests.validate_sensor(compiled["sensor"])
         problems = manifests.sensor_problems(compiled["sensor"], sweep.event, branch)
@@ -547,11 +593,22 @@ class ArgoBackend:
         )  # fmt: skip
         self._sweep_tag = sweep.tag
         out = Path(sweep.sweep_dir) / "manifests"
-        with ThreadPoolExecutor(self.deploy_workers) as pool:
-            analytics = pool.submit(self._compile_analytics, sweep)
-            compiled = [pool.submit(self._compile_variant, sweep, v, s) for v, s in sweep.planned]
-            planned = [future.result() for future in compiled]
-            analytics = analytics.result()
+        self._scratch = Path(tempfile.mkdtemp(prefix="torchperf-compile-"))
+        try:
+            with ThreadPoolExecutor(self.deploy_workers) as pool:
+                analytics = pool.submit(self._compile_analytics, sweep)
+                compiled = [
+                    pool.submit(self._compile_variant, sweep, v, s) for v, s in sweep.planned
+                ]
+                planned = [future.result() for future in compiled]
+                analytics = analytics.result()
+        finally:
+            for server in self._compilers.values():
+                server.close()
+            self._compilers.clear()
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        self._analytics_template = analytics["workflow_template"]
+        self._validated_sensor = analytics["sensor"]
         for item in planned:
             self._planned[item.variant.id] = item
             self._templates.add(item.template["metadata"]["name"])
@@ -579,6 +636,11 @@ class ArgoBackend:
             ).create(tags=[sweep.tag], **self._analytics_kwargs(sweep))
         self._analytics = deployed.name
         self._templates.add(deployed.name)
+        why = manifests.deployed_difference(
+            self._analytics_template, self._argo.template(deployed.name)
+        ) or manifests.deployed_difference(self._validated_sensor, self._argo.sensor(*self._sensor))
+        if why:
+            raise RuntimeError(f"SweepAnalyticsFlow as deployed is not what was validated: {why}")
         # Before any event: the Sensor's Workflows take their labels and TTL from the template.
         self._argo.dress_template(deployed.name, self._analytics_look(sweep))
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="argo-variant")
@@ -638,6 +700,9 @@ class ArgoBackend:
         try:
             if self._cancelled.is_set():
                 return Outcome("cancelled", message="the sweep was interrupted")
+            why = self._deployed_problem(sweep, variant, settings, deployed.name)
+            if why:
+                return Outcome("failed", message=f"{variant.id} as deployed: {why}")
             look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
             workflow = self._argo.trigger(deployed.name, self._user, look)
             # Metaflow names an Argo run after its workflow.
@@ -645,6 +710,26 @@ class ArgoBackend:
         finally:
             if not self.keep_deployments:
                 self._argo.delete("workflowtemplates", deployed.name)
+
+    def _deployed_problem(self, sweep, variant: Variant, settings: VariantSettings, name: str):
+        """What is wrong with the template the API received, before anything runs from it: any
+        difference from the one the preflight validated, or (for a variant the preflight never
+        saw, from a sweeper that chooses as it goes) any check it fails."""
+        deployed = self._argo.template(name)
+        planned = self._planned.get(variant.id)
+        if planned is not None:
+            why = manifests.deployed_difference(planned.template, deployed)
+            return why and f"differs from the validated template at {why}"
+        if deployed is None:
+            return "nothing was deployed under that name"
+        try:
+            manifests.validate_workflow_template(deployed)
+        except ConfigError as error:
+            return str(error)
+        problems = manifests.variant_problems(
+            deployed, settings, variant.branch, sweep.tag, guaranteed_qos=self.guaranteed_qos
+        )
+        return problems[0] if problems else None
 
     def _wait(self, sweep: SweepSpec, variant: Variant, workflow: str, run: str) -> Outcome:
         deadline = time.monotonic() + sweep.variant_timeout_seconds

@@ -7,6 +7,7 @@ Metaflow's ``create --only-json`` prints the template but drops the Sensor it co
 ``@trigger`` flow; the Sensor is only reachable on the object ``argo_workflows_cli.make_flow``
 returns. This runs the flow's own CLI in this process with ``make_flow`` wrapped so that both land
 in OUT.json. Nothing here talks to Kubernetes: ``--only-json`` skips every cluster call.
+The compile server (compile_server.py) runs ``compile_flow`` in a forked child per compile.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import runpy
 import sys
 
 
-def main(argv: list[str]) -> None:
-    out, flow_file, *options = argv
+def compile_flow(out: str, flow_file: str, options: list[str]) -> None:
+    """Run ``flow_file``'s CLI with ``options`` here; the manifests it compiles go to ``out``."""
     from metaflow.plugins.argo import argo_workflows_cli
 
     make_flow = argo_workflows_cli.make_flow
@@ -38,6 +39,11 @@ def main(argv: list[str]) -> None:
     argo_workflows_cli.make_flow = capturing_make_flow
     sys.argv = [flow_file, *options]
     runpy.run_path(flow_file, run_name="__main__")
+
+
+def main(argv: list[str]) -> None:
+    out, flow_file, *options = argv
+    compile_flow(out, flow_file, options)
 
 
 if __name__ == "__main__":
