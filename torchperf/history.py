@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torchperf.plan import branch_name
@@ -45,6 +46,11 @@ def result_details(pathspec: str) -> dict:
         result = Run(pathspec).data.result
     except Exception:  # noqa: BLE001 - the summary goes on without them
         return {}
+    return details_of(result)
+
+
+def details_of(result: Mapping) -> dict:
+    """The interval of the median [low, high, level] and the warnings of a run's result."""
     details = {"warnings": list(result.get("warnings") or [])}
     if result.get("gflops_ci"):
         details["gflops_ci"] = [*result["gflops_ci"], result.get("gflops_ci_level")]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from torchperf.backends.base import Outcome, SweepSpec
 from torchperf.errors import one_line
+from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import (
     ConfigError,
@@ -190,11 +191,14 @@ class _VariantLife:
             if executing.status != "successful":
                 return Outcome("failed", executing.run.pathspec, message=one_line(executing.stderr))
             result = executing.run.data.result
+            details = details_of(result)  # read here once: the sweep need not load the run again
             return Outcome(
                 "succeeded",
                 executing.run.pathspec,
                 result["gflops"],
                 measure_seconds=result["measure_seconds"],
+                gflops_ci=details.get("gflops_ci"),
+                warnings=details["warnings"],
             )
         finally:
             _settle(self.measured, False)
