@@ -20,6 +20,9 @@ SAMPLE_SECONDS = 0.1
 # A budget gives at least this many samples (shorter ones if it must): the median's interval
 # needs them.
 MIN_SAMPLES = 10
+# Warm-up samples are shorter: they only have to agree (SETTLE_WINDOW of them), and each one
+# sizes the next and, at the end, the timed ones.
+WARMUP_SHARE = 0.2
 # Warm-up ends when this many consecutive samples agree within SETTLE_TOLERANCE of their median.
 SETTLE_WINDOW = 3
 SETTLE_TOLERANCE = 0.02
@@ -222,17 +225,20 @@ def measure(
         time.sleep(0.01)
     measured_from = time.time()
     # The first call pays for thread start-up and allocation (10-50x a warm one): it only gives a
-    # first size, and each warm-up sample sizes the next, so that timed samples last as planned.
+    # first size, and each warm-up sample sizes the next and the timed ones, which last as planned.
     target = sample_seconds(measure_seconds)
-    calls = calls_per_sample(timed(1), target)
+    seconds_per_call = timed(1)
+    calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
     warmup_rates: list[float] = []
     warmup_started = time.perf_counter()
     notified[0] = time.monotonic()
     while not settled(warmup_rates) and time.perf_counter() - warmup_started < max_warmup_seconds:
         seconds = timed(calls)
         warmup_rates.append(gflops(tensor_dim, calls, seconds))
-        calls = calls_per_sample(seconds / calls, target)
+        seconds_per_call = seconds / calls
+        calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
         notify(Progress("warmup", 0, 0.0, measure_seconds, None))
+    calls = calls_per_sample(seconds_per_call, target)
     warmup_seconds = time.perf_counter() - warmup_started
 
     samples: list[float] = []
