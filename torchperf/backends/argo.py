@@ -278,11 +278,12 @@ class Argo:
                     raise
             time.sleep(self.backoff_seconds * 2**attempt)
 
-    def _get(self, plural: str, name: str) -> dict | None:
+    def _get(self, plural: str, name: str, namespace: str | None = None) -> dict | None:
         try:
             return self._call(
-                "get_namespaced_custom_object", GROUP, VERSION, self.namespace, plural, name
-            )
+                "get_namespaced_custom_object",
+                GROUP, VERSION, namespace or self.namespace, plural, name,
+            )  # fmt: skip
         except self.rest.ApiException as error:
             if error.status == 404:
                 return None
@@ -293,14 +294,8 @@ class Argo:
         return self._get("workflowtemplates", name)
 
     def sensor(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self._call(
-                "get_namespaced_custom_object", GROUP, VERSION, namespace, "sensors", name
-            )
-        except self.rest.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        """The Sensor as the API holds it (None: there is none), in its own namespace."""
+        return self._get("sensors", name, namespace)
 
     def phase(self, name: str) -> tuple[str, str]:
         """(phase, message); Error counts as Failed, as Metaflow reports it."""
