@@ -33,14 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from torchperf import manifests
-from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.backends.base import ROOT, Outcome, SweepSpec, start_path
 from torchperf.backends.compile_server import CompileFailed, CompileServer
 from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings
 
-ROOT = Path(__file__).resolve().parents[2]
 # Links to what the pods import: the two flows and torchperf/. Metaflow packages the directory
 # of the flow file it is started by (following links), and the project root holds .venv and
 # the .metaflow datastore: tens of thousands of files walked for every compile.
@@ -64,11 +63,9 @@ UNSET_IMAGE = "torchperf-image-not-set"
 
 
 def package_path(flow: str) -> Path:
-    """The path to start ``flow`` by for Argo: its link in PACKAGE_DIR, or the file itself where
-    the checkout has no working links (symlinks turned off)."""
-    link = PACKAGE_DIR / flow
-    package = (PACKAGE_DIR / "torchperf").resolve() == ROOT / "torchperf"
-    return link if package and link.resolve() == ROOT / flow else ROOT / flow
+    """The path to start ``flow`` by for Argo: its link in PACKAGE_DIR, with torchperf/ linked
+    beside it (see base.start_path)."""
+    return start_path(PACKAGE_DIR, flow, "torchperf")
 
 
 # -- settings -------------------------------------------------------------------------------

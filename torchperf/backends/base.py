@@ -10,6 +10,19 @@ from torchperf.plan import Variant
 from torchperf.settings import VariantSettings
 
 STATUSES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_path(folder: Path, flow: str, *beside: str) -> Path:
+    """The path to start ``flow`` by: its link in ``folder`` when it, and the links ``beside`` it,
+    lead back into the project root; else the file itself (a checkout with symlinks off).
+
+    Metaflow walks the directory of the file a flow is started by; a folder of links keeps that
+    walk to what the links name.
+    """
+    if all((folder / name).resolve() == ROOT / name for name in (flow, *beside)):
+        return folder / flow
+    return ROOT / flow
 
 
 @dataclass

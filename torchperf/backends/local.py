@@ -26,7 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-from torchperf.backends.base import Outcome, SweepSpec
+from torchperf.backends.base import ROOT, Outcome, SweepSpec, start_path
 from torchperf.errors import one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
@@ -39,7 +39,7 @@ from torchperf.settings import (
 )
 from torchperf.turns import POLL_SECONDS, Turns
 
-FLOWS = Path(__file__).resolve().parents[2]
+FLOWS = ROOT
 # Links to the two flows, which the local runs are started by. Every `run` walks the directory
 # of the file it was started by, for a code package that a local run never uses; the project
 # root holds .venv and the growing .metaflow datastore (0.3 s of CPU per run, more with each
@@ -51,10 +51,8 @@ KILL_GRACE_SECONDS = 2.0
 
 
 def launch_path(flow: str) -> Path:
-    """The path to start ``flow`` by: its link in LAUNCH_DIR, or the file itself where the
-    checkout has no working link (symlinks turned off)."""
-    link = LAUNCH_DIR / flow
-    return link if link.resolve() == FLOWS / flow else FLOWS / flow
+    """The path to start ``flow`` by: its link in LAUNCH_DIR (see base.start_path)."""
+    return start_path(LAUNCH_DIR, flow)
 
 
 def _runner(flow: str, **kwargs):
