@@ -84,20 +84,23 @@ def _settle(future: asyncio.Future, value) -> None:
         future.set_result(value)
 
 
+def _running_pids(processes) -> list[str]:
+    return [str(process.pid) for process in processes if process.returncode is None]
+
+
 def _kill(processes) -> None:
     """SIGTERM the runs' processes and their children, SIGKILL what is left after the grace."""
     from metaflow.runner.subprocess_manager import kill_processes_and_descendants
 
-    pids = [str(process.pid) for process in processes if process.returncode is None]
-    if pids:
+    if pids := _running_pids(processes):
         kill_processes_and_descendants(pids, termination_timeout=KILL_GRACE_SECONDS)
 
 
 async def _async_kill(processes) -> None:
+    """``_kill`` without blocking the loop: the other runs go on meanwhile."""
     from metaflow.runner.subprocess_manager import async_kill_processes_and_descendants
 
-    pids = [str(process.pid) for process in processes if process.returncode is None]
-    if pids:
+    if pids := _running_pids(processes):
         await async_kill_processes_and_descendants(pids, termination_timeout=KILL_GRACE_SECONDS)
 
 
@@ -342,8 +345,9 @@ class LocalBackend:
         """Wait for every analytics run; the outcome of the newest (empty when none ran)."""
         runs, self._analytics = self._analytics, []
         self._drain([run.task for run in runs])
-        done = [run.task.result() for run in runs if not run.task.cancelled()]
-        done = [result for result in done if isinstance(result, dict)]
+        # A run whose task raised (its Runner could not be built) has no outcome to offer.
+        ended = [run.task for run in runs if not run.task.cancelled()]
+        done = [task.result() for task in ended if task.exception() is None]
         self._last_analytics = done[-1] if done else self._last_analytics
         return self._last_analytics
 
