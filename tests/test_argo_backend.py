@@ -488,6 +488,42 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     assert not any("/.venv/" in name or name.startswith(("tests/", ".venv")) for name in names)
 
 
+def test_the_warmed_server_compiles_what_metaflow_s_own_cli_compiles(environ, tmp_path):
+    from torchperf.backends.argo import package_path
+    from torchperf.backends.compile_server import CompileServer
+
+    # GIVEN one variant's compile options
+    environ = {**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}
+    flow = str(package_path("torchtest.py"))
+    config = json.dumps(VariantSettings(cpu=2, tensor_dim=64, tag="warmtag").as_config())
+    options = [
+        "--quiet", "--no-pylint", "--datastore", "s3", "--branch", "warmtag_c2",
+        "--config-value", "config", config, "argo-workflows", "create", "--only-json",
+    ]  # fmt: skip
+    # WHEN the compile server compiles it (S3 client and package start made before the fork)
+    server = CompileServer(environ, ROOT, tmp_path)
+    try:
+        served = server.compile(flow, options)["workflow_template"]
+    finally:
+        server.close()
+    # ... and Metaflow's own CLI compiles it in a fresh Python
+    plain = subprocess.run(
+        [sys.executable, flow, *options], env=environ, cwd=ROOT, capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    fresh = json.loads(plain.stdout[plain.stdout.index("{") :])
+    # THEN the two templates agree but for the deploy's token and time: the same code package,
+    # byte for byte (its sha is in every step's environment)
+    assert manifests.deployed_difference(fresh, served) is None
+
+    def code_sha(template):
+        start = next(t for t in template["spec"]["templates"] if t["name"] == "start")
+        env = {e["name"]: e.get("value") for e in start["container"]["env"]}
+        return env["METAFLOW_CODE_SHA"]
+
+    assert code_sha(served) == code_sha(fresh)
+
+
 def test_a_compile_that_fails_is_reported_with_what_the_flow_printed(environ, tmp_path):
     from torchperf.backends.argo import package_path
     from torchperf.backends.compile_server import CompileFailed, CompileServer

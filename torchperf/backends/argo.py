@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -402,6 +403,27 @@ def analytics_title(tag: str) -> tuple[str, str]:
     )
 
 
+@functools.cache
+def _launching_manager():
+    """Metaflow's SubprocessManager, with ``python`` commands started by another command line:
+    the class, made on first use (Metaflow is imported only where the backend needs it)."""
+    from metaflow.runner.subprocess_manager import SubprocessManager
+
+    class LaunchingSubprocessManager(SubprocessManager):
+        def __init__(self, launcher: list[str]):
+            # Not SubprocessManager's own: it takes SIGINT from the sweep (or warns, off the
+            # main thread); Ctrl-C reaches the launcher and the server's child by itself.
+            self.commands = {}
+            self.launcher = launcher
+
+        def run_command(self, command, env=None, cwd=None, show_output=False):
+            if command and command[0] == sys.executable:
+                command = [*self.launcher, *command[1:]]
+            return super().run_command(command, env=env, cwd=cwd, show_output=show_output)
+
+    return LaunchingSubprocessManager
+
+
 @dataclasses.dataclass
 class Planned:
     """One variant as compiled in preflight."""
@@ -459,7 +481,11 @@ class ArgoBackend:
         self._argo: Argo | None = None
         self._torn_down = False
         self._sweep_tag: str | None = None  # known from preflight on: the label to select by
-        self._compilers: dict[str | None, CompileServer] = {}  # preflight only: one per image
+        # One per image, from preflight to teardown: the preflight's compiles and (through
+        # fork_launcher.py) the Deployer's creates run in its forked children.
+        self._compilers: dict[str | None, CompileServer] = {}
+        self._compilers_lock = threading.Lock()
+        self._scratch: Path | None = None
         self._validated_sensor: dict | None = None
         self._analytics_template: dict | None = None
 
@@ -482,7 +508,7 @@ class ArgoBackend:
         main = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGINT) if main else None
         try:
-            return Deployer(
+            deployer = Deployer(
                 flow_file,
                 show_output=False,
                 env=self._env(image),
@@ -490,6 +516,10 @@ class ArgoBackend:
                 branch=branch,
                 config_value=[("config", config)],
             ).argo_workflows()
+            # Its `python FLOW.py ... create` runs in a child of the compile server instead of a
+            # fresh Python: Metaflow's imports are not paid again for every variant.
+            deployer.spm = _launching_manager()(self._compiler(image).launcher)
+            return deployer
         finally:
             if main:
                 signal.signal(signal.SIGINT, handler)
@@ -517,10 +547,18 @@ class ArgoBackend:
         )
 
     def _compiler(self, image: str | None) -> CompileServer:
-        with self._lock:
+        with self._compilers_lock:
             if image not in self._compilers:
                 self._compilers[image] = CompileServer(self._env(image), ROOT, self._scratch)
             return self._compilers[image]
+
+    def _close_compilers(self) -> None:
+        with self._compilers_lock:
+            servers, self._compilers = list(self._compilers.values()), {}
+        for server in servers:
+            server.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _compile(self, flow_file: str, branch: str, config: dict, create: dict, image=None):
         """What ``Deployer(flow_file, branch=, config_value=).create(only_json=True, **create)``
@@ -594,11 +632,11 @@ class ArgoBackend:
                 ]
                 planned = [future.result() for future in compiled]
                 analytics = analytics.result()
-        finally:
-            for server in self._compilers.values():
-                server.close()
-            self._compilers.clear()
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        except BaseException:
+            self._close_compilers()
+            raise
+        if sweep.dry_run:
+            self._close_compilers()
         self._analytics_template = analytics["workflow_template"]
         self._validated_sensor = analytics["sensor"]
         for item in planned:
@@ -766,6 +804,7 @@ class ArgoBackend:
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         """The final analytics run (unless interrupted), then teardown; its run pathspec."""
         if sweep.dry_run or self._argo is None:
+            self._close_compilers()
             return None
         run = None
         try:
@@ -790,13 +829,17 @@ class ArgoBackend:
     def _teardown(self) -> None:
         """Terminate what still runs and delete every template and the Sensor, unless kept."""
         if self._torn_down or self._argo is None:
+            self._close_compilers()
             return
         self._torn_down = True
-        self._stop_running()
-        if self.keep_deployments:
-            return
-        for template in sorted(self._templates):
-            self._argo.delete("workflowtemplates", template)
+        try:
+            self._stop_running()
+            if self.keep_deployments:
+                return
+            for template in sorted(self._templates):
+                self._argo.delete("workflowtemplates", template)
+        finally:
+            self._close_compilers()
 
 
 def _gflops(run: str) -> tuple[float | None, str | None]:

@@ -1,39 +1,55 @@
-"""One process that imports Metaflow once and compiles every flow in a forked child of its own.
+"""One process that imports Metaflow once and runs every flow command in a forked child of its own.
 
-    python -m torchperf.backends.compile_server      # JSON lines: requests in, results out
+    python -m torchperf.backends.compile_server SOCKET   # ends when its standard input closes
 
-A compile in a fresh process pays Python's start-up and Metaflow's imports (the CLI, the Argo
-plugin, the Kubernetes decorator, the S3 client) before it compiles anything; here each child
-starts from a copy of a process that has them, so it only loads the flow, builds and uploads its
-code package and compiles (``argo_compile.compile_flow``). Metaflow reads its settings at import:
-one server serves one environment (the backend starts one per image).
+A flow command in a fresh process pays Python's start-up and Metaflow's imports (the CLI, the
+Argo plugin, the Kubernetes client's models, boto3) before it does anything; here each child
+starts from a copy of a process that has them, with an S3 client and the compressed start of
+every code package ready (``warm``). Metaflow reads its settings at import: one server serves
+one environment (the backend starts one per image), and a command sent with other ``METAFLOW_*``
+settings is refused.
 
-A request is ``{"id": 1, "out": PATH, "flow": FLOW.py, "options": [...]}``; the child writes the
-manifests to PATH and what the flow's CLI printed to PATH.log; the answer is ``{"id": 1,
-"status": N}``, N the child's exit status (negative: the signal that ended it). The server takes
-as many requests at once as it is sent and exits when its input closes and its children are done.
+Two kinds of command come over the Unix socket SOCKET, one per connection: a JSON line, with the
+command's stdin, stdout and stderr passed beside it (SCM_RIGHTS):
+- the preflight's compiles, ``{"argv": [FLOW.py, *options], "capture": OUT}``: the child runs
+  ``argo_compile.compile_flow``, which writes both manifests to OUT;
+- the Deployer's ``create``, ``{"argv": [FLOW.py, *options], "cwd": DIR, "env": {...}}``, sent by
+  ``fork_launcher.py``, which the backend gives Metaflow's Deployer in place of ``python``.
+The answer is ``{"status": N}`` once the child has ended (N its exit status, negative: the signal
+that ended it), or ``{"refused": WHY}`` at once. A connection that closes early takes its child
+with it (SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import os
+import runpy
 import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future
 from pathlib import Path
 
 from torchperf.lifetime import long_lived
 
+LAUNCHER = Path(__file__).with_name("fork_launcher.py")
+
+
+# -- the server ----------------------------------------------------------------------------
+
 
 def preload() -> None:
-    """What every compile imports: imported (and frozen out of the collector's reach) once."""
+    """What every command imports: imported (and frozen out of the collector's reach) once."""
     with long_lived():
         import boto3.s3.transfer  # noqa: F401
         import kubernetes.client  # noqa: F401
@@ -51,29 +67,196 @@ def preload() -> None:
         import torchperf.plan  # noqa: F401
         import torchperf.settings  # noqa: F401
 
+        for module in PRELOADED_TOO:
+            with contextlib.suppress(ImportError):
+                __import__(module)
+        # The kubernetes client loads each model class on first use; the Argo compile uses these.
+        for model in KUBERNETES_MODELS:
+            getattr(kubernetes.client, model, None)
         get_version()  # asks git once, then remembers
     # Not metaflow.cli: it takes its options from the flow being loaded, so each child imports it.
 
 
-def _child(request: dict) -> None:
-    """In the forked child: the flow's CLI, output to the log; never returns."""
+# What metaflow.cli imports beside itself (its plugins' commands; not logs_cli, which imports
+# metaflow.cli), and the Deployer's create.
+PRELOADED_TOO = (
+    "metaflow.lint",
+    "metaflow.plugins.airflow.airflow_cli",
+    "metaflow.plugins.aws.step_functions.step_functions_cli",
+    "metaflow.plugins.cards.card_cli",
+    "metaflow.plugins.datatools.s3.s3op",
+    "metaflow.plugins.kubernetes.kubernetes_cli",
+    "metaflow.plugins.kubernetes.spot_metadata_cli",
+    "metaflow.plugins.package_cli",
+    "metaflow.plugins.tag_cli",
+    "metaflow.pylint_wrapper",
+    "metaflow.runner.deployer",
+    "webbrowser",
+)
+KUBERNETES_MODELS = (
+    "CoreV1ResourceClaim", "V1AppArmorProfile", "V1Capabilities", "V1ConfigMapEnvSource",
+    "V1ConfigMapKeySelector", "V1Container", "V1ContainerPort", "V1ContainerResizePolicy",
+    "V1ContainerRestartRule", "V1ContainerRestartRuleOnExitCodes", "V1EnvFromSource", "V1EnvVar",
+    "V1EnvVarSource", "V1ExecAction", "V1FileKeySelector", "V1GRPCAction", "V1HTTPGetAction",
+    "V1HTTPHeader", "V1Lifecycle", "V1LifecycleHandler", "V1ObjectFieldSelector", "V1Probe",
+    "V1ResourceFieldSelector", "V1ResourceRequirements", "V1SELinuxOptions", "V1SeccompProfile",
+    "V1SecretEnvSource", "V1SecretKeySelector", "V1SecurityContext", "V1SleepAction",
+    "V1TCPSocketAction", "V1VolumeDevice", "V1VolumeMount", "V1WindowsSecurityContextOptions",
+)  # fmt: skip
+
+
+def warm() -> None:
+    """Start, before any fork, the work every command repeats: the S3 client its code package
+    is uploaded with, and the package's first part (Metaflow's own files, which are the same in
+    every package: tarred and compressed once here, continued in each child)."""
+    with long_lived():
+        if os.environ.get("METAFLOW_DEFAULT_DATASTORE") == "s3":
+            _first_s3_client_from_the_server()
+        _PackagePrefix.install()
+
+
+def _first_s3_client_from_the_server() -> None:
+    """The first S3 client a child asks for is one built here (botocore parses its service
+    models for every new session: about 0.1 s of CPU); a later one, e.g. a reset after an
+    error, is built anew as Metaflow would build it."""
+    from metaflow.plugins.datatools.s3 import s3
+
+    build = s3.get_s3_client
+    ready: dict[str, tuple] = {}
+    taken: set[str] = set()
+
+    def get_s3_client(**kwargs):
+        key = json.dumps(kwargs, sort_keys=True, default=repr)
+        if key in ready and key not in taken:
+            taken.add(key)
+            return ready[key]
+        return build(**kwargs)
+
+    s3.get_s3_client = get_s3_client
+    client = s3.S3Client()  # the datastore's own: no role, Metaflow's session settings
+    ready[json.dumps(
+        {"s3_role_arn": None, "s3_session_vars": None, "s3_client_params": None}, sort_keys=True
+    )] = (client.client, client.error)  # fmt: skip
+
+
+class _PackagePrefix:
+    """Metaflow's own files, tarred and compressed once before the fork.
+
+    Every code package Metaflow builds starts with them, in the same order, so the first
+    package a child builds continues this stream (the bytes are those a fresh build gives:
+    the same input to the same compressor). A package that turns out to start otherwise, or
+    a file that changed since, is built from scratch as Metaflow builds it.
+    """
+
+    @classmethod
+    def install(cls) -> None:
+        from metaflow.packaging_sys import ContentType
+        from metaflow.packaging_sys.tar_backend import TarPackagingBackend
+        from metaflow.packaging_sys.v1 import MetaflowCodeContentV1
+
+        files = [
+            (path, arcname, _stamp(path))
+            for path, arcname in MetaflowCodeContentV1().contents(ContentType.CODE_CONTENT.value)
+            if isinstance(path, str)
+        ]
+        built = TarPackagingBackend().create()
+        for path, arcname, _ in files:
+            built.add_file(path, arcname=arcname)
+        create, add_file, add_data, close = (
+            TarPackagingBackend.create, TarPackagingBackend.add_file,
+            TarPackagingBackend.add_data, TarPackagingBackend.close,
+        )  # fmt: skip
+        unused = [True]
+
+        def start_over(backend) -> None:
+            """Not this package's start: build what it has added so far from scratch."""
+            added = len(files) - len(backend._torchperf_expected)
+            backend._torchperf_expected = None
+            create(backend)
+            for path, arcname, _ in files[:added]:
+                add_file(backend, path, arcname=arcname)
+
+        def prefixed_create(backend):
+            expected = getattr(backend, "_torchperf_expected", None)
+            if expected is not None and len(expected) == len(files):
+                return backend  # created again (``with backend.create()``), still empty
+            backend._torchperf_expected = None
+            if not unused[0]:
+                return create(backend)
+            unused[0] = False
+            backend._buf, backend._archive = built._buf, built._archive
+            backend._torchperf_expected = deque(files)
+            return backend
+
+        def prefixed_add_file(backend, filename, arcname=None):
+            expected = getattr(backend, "_torchperf_expected", None)
+            if expected:
+                path, name, stamp = expected[0]
+                if (path, name) == (filename, arcname) and _stamp(path) == stamp:
+                    expected.popleft()
+                    return None
+                start_over(backend)
+            return add_file(backend, filename, arcname=arcname)
+
+        def prefixed_add_data(backend, data, arcname):
+            if getattr(backend, "_torchperf_expected", None):
+                start_over(backend)
+            return add_data(backend, data, arcname)
+
+        def prefixed_close(backend):
+            if getattr(backend, "_torchperf_expected", None):
+                start_over(backend)
+            return close(backend)
+
+        TarPackagingBackend.create = prefixed_create
+        TarPackagingBackend.add_file = prefixed_add_file
+        TarPackagingBackend.add_data = prefixed_add_data
+        TarPackagingBackend.close = prefixed_close
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _run_child(request: dict, fds: list[int], servers: list[int]) -> None:
+    """In the forked child: the flow's CLI on the sent stdin/stdout/stderr; never returns.
+    ``servers``: the server's own descriptors (its socket, connections, children), closed here
+    so that only the server holds them."""
     status = 1
     try:
+        for fd in servers:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(request["out"] + ".log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        from torchperf.backends.argo_compile import compile_flow
-
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        gc.disable()  # a short-lived process: nothing worth collecting
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        if "env" in request:
+            os.environ.clear()
+            os.environ.update(request["env"])
+        if "cwd" in request:
+            os.chdir(request["cwd"])
+        argv = list(request["argv"])
+        # As `python FLOW.py` sets it: the (resolved) folder of the flow file comes first.
+        sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
         try:
-            compile_flow(request["out"], request["flow"], list(request["options"]))
+            if request.get("capture"):
+                from torchperf.backends.argo_compile import compile_flow
+
+                compile_flow(request["capture"], argv[0], argv[1:])
+            else:
+                sys.argv = argv
+                runpy.run_path(argv[0], run_name="__main__")
             status = 0
         except SystemExit as done:  # the flow's CLI ends with sys.exit
             code = done.code
             status = code if isinstance(code, int) else (0 if code is None else 1)
-    except BaseException:  # noqa: BLE001 - reported through the log and the status
+    except BaseException:  # noqa: BLE001 - reported through stderr and the status
         import traceback
 
         traceback.print_exc()
@@ -85,52 +268,109 @@ def _child(request: dict) -> None:
             os._exit(status)
 
 
-def serve(requests=None, answers=None) -> None:
-    """Fork a child per request line until the input closes; answer each when its child ends."""
-    requests = requests or sys.stdin.buffer
-    answers = answers or sys.stdout
+def _refusal(request: dict) -> str | None:
+    """Why this process cannot run ``request`` as a fresh Python would, or None."""
+    if "env" not in request:
+        return None
+    ours = {k: v for k, v in os.environ.items() if k.startswith("METAFLOW_")}
+    theirs = {k: v for k, v in request["env"].items() if k.startswith("METAFLOW_")}
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    return f"Metaflow settings differ: {', '.join(differ)}" if differ else None
+
+
+def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
+    """One request line and the descriptors sent with it."""
+    connection.settimeout(10)
+    data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    while not data.endswith(b"\n"):
+        more = connection.recv(1 << 20)
+        if not more:
+            break
+        data += more
+    connection.settimeout(None)
+    return json.loads(data), fds
+
+
+def serve(listener: socket.socket, lifeline=None) -> None:
+    """Fork a child per request until ``lifeline`` (stdin) closes and every child has ended."""
+    lifeline = lifeline or sys.stdin.buffer
     # Ctrl-C reaches the sweep and every child; this process ends when its input closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     selector = selectors.DefaultSelector()
-    selector.register(requests, selectors.EVENT_READ, None)
-    pending = b""
-    running: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, request id)
+    selector.register(lifeline, selectors.EVENT_READ, "lifeline")
+    selector.register(listener, selectors.EVENT_READ, "listener")
+    running: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, its connection)
     open_input = True
     while open_input or running:
         for key, _ in selector.select():
-            if key.data is None:
-                chunk = os.read(requests.fileno(), 65536)
-                if not chunk:
-                    selector.unregister(requests)
+            if key.data == "lifeline":
+                if not os.read(lifeline.fileno(), 65536):
+                    selector.unregister(lifeline)
+                    selector.unregister(listener)
+                    listener.close()
                     open_input = False
+            elif key.data == "listener":
+                connection, _ = listener.accept()
+                try:
+                    request, fds = _receive(connection)
+                except (OSError, ValueError):
+                    connection.close()
                     continue
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in filter(None, lines):
-                    request = json.loads(line)
+                why = _refusal(request)
+                if why:
+                    with contextlib.suppress(OSError):
+                        connection.sendall(json.dumps({"refused": why}).encode() + b"\n")
+                    connection.close()
+                else:
                     pid = os.fork()
                     if pid == 0:
-                        _child(request)
+                        servers = [selector.fileno(), listener.fileno(), connection.fileno()]
+                        servers += [fd for fd, (_, c) in running.items() for fd in (fd, c.fileno())]
+                        _run_child(request, fds, servers)
                     pidfd = os.pidfd_open(pid)
-                    running[pidfd] = (pid, request["id"])
-                    selector.register(pidfd, selectors.EVENT_READ, pidfd)
+                    running[pidfd] = (pid, connection)
+                    selector.register(pidfd, selectors.EVENT_READ, ("child", pidfd))
+                    selector.register(connection, selectors.EVENT_READ, ("hang-up", pidfd))
+                for fd in fds:
+                    os.close(fd)
+            elif key.data[0] == "hang-up":  # the sender is gone (or sent more): end its child
+                pid, _ = running[key.data[1]]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                selector.unregister(key.fileobj)
             else:
-                pidfd = key.data
-                pid, request_id = running.pop(pidfd)
+                pidfd = key.data[1]
+                pid, connection = running.pop(pidfd)
                 selector.unregister(pidfd)
                 os.close(pidfd)
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(connection)
                 _, wait_status = os.waitpid(pid, 0)
                 status = os.waitstatus_to_exitcode(wait_status)
-                answers.write(json.dumps({"id": request_id, "status": status}) + "\n")
-                answers.flush()
+                with contextlib.suppress(OSError):
+                    connection.sendall(json.dumps({"status": status}).encode() + b"\n")
+                connection.close()
 
 
-def main() -> None:
-    # Answers get a descriptor of their own: whatever an import prints goes to stderr instead.
-    answers = os.fdopen(os.dup(1), "w")
+def main(argv: list[str]) -> None:
+    (path,) = argv
+    # Whatever an import prints goes to stderr: stdout says only that the server is ready.
+    ready = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     preload()
-    serve(answers=answers)
+    warm()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(256)
+    ready.write("ready\n")
+    ready.flush()
+    serve(listener)
+
+
+# -- the sweep's side ----------------------------------------------------------------------
+
+
+_OUTPUTS = itertools.count()  # names of compile outputs, unique across servers sharing a scratch
 
 
 class CompileFailed(RuntimeError):
@@ -138,55 +378,75 @@ class CompileFailed(RuntimeError):
 
 
 class CompileServer:
-    """The sweep's side: one server process, any number of threads sending it compiles.
+    """One server process, any number of threads sending it commands.
 
     ``compile`` blocks its thread until the child has ended and returns the manifests; the
-    caller bounds how many run at once (the server forks one child per request it is sent).
+    caller bounds how many run at once (the server forks one child per command it is sent).
+    ``launcher`` is the command line that stands in for ``python`` and sends the rest of its
+    command line here (``fork_launcher.py``).
     """
 
     def __init__(self, env: Mapping[str, str], cwd: Path, scratch: Path):
         self.scratch = scratch
+        self.cwd = Path(cwd)
+        # A folder of our own (mode 0700): nobody else may send commands to run as us, and the
+        # path stays under the 108 bytes a Unix socket's name may have.
+        self._socket_dir = tempfile.mkdtemp(prefix="torchperf-")
+        self.socket_path = os.path.join(self._socket_dir, "server.sock")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "torchperf.backends.compile_server"],
+            [sys.executable, "-m", "torchperf.backends.compile_server", self.socket_path],
             env=dict(env), cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self._waiting: dict[int, Future] = {}
-        self._reader = threading.Thread(target=self._read, daemon=True, name="compile-server")
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._wait_ready, daemon=True)
         self._reader.start()
 
-    def _read(self) -> None:
-        for line in self._process.stdout:
-            answer = json.loads(line)
-            with self._lock:
-                future = self._waiting.pop(answer["id"])
-            future.set_result(answer["status"])
-        with self._lock:  # the server is gone: nothing more will be answered
-            waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            future.set_exception(CompileFailed("the compile server exited"))
+    @property
+    def launcher(self) -> list[str]:
+        """The command line that stands in for ``python``, once the server listens."""
+        self._ready.wait()
+        # -I -S: the stand-in needs nothing but the standard library, so it starts in ~10 ms.
+        return [sys.executable, "-I", "-S", str(LAUNCHER), self.socket_path]
+
+    def _wait_ready(self) -> None:
+        self._process.stdout.readline()  # "ready", or nothing if the server died
+        self._ready.set()
+
+    def _connect(self) -> socket.socket:
+        self._ready.wait()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(self.socket_path)
+        except OSError:
+            connection.close()
+            raise CompileFailed("the compile server exited") from None
+        return connection
 
     def compile(self, flow_file: str, options: list[str]) -> dict:
         """Compile ``flow_file`` with the flow CLI ``options``: its manifests (template, Sensor)."""
-        future: Future = Future()
-        with self._lock:
-            request_id = next(self._ids)
-            out = self.scratch / f"compile-{request_id}.json"
-            self._waiting[request_id] = future
-            request = {"id": request_id, "out": str(out), "flow": flow_file, "options": options}
-            try:
-                self._process.stdin.write((json.dumps(request) + "\n").encode())
-                self._process.stdin.flush()
-            except (BrokenPipeError, ValueError):
-                self._waiting.pop(request_id)
-                raise CompileFailed("the compile server exited") from None
-        status = future.result()
+        out = self.scratch / f"compile-{next(_OUTPUTS)}.json"
         log = Path(f"{out}.log")
-        output = log.read_text(errors="replace") if log.exists() else ""
+        with open(os.devnull, "rb") as null, open(log, "wb") as output:
+            connection = self._connect()
+            with connection:
+                request = {"argv": [flow_file, *options], "capture": str(out)}
+                try:
+                    socket.send_fds(
+                        connection, [json.dumps(request).encode() + b"\n"],
+                        [null.fileno(), output.fileno(), output.fileno()],
+                    )  # fmt: skip
+                    answer = connection.makefile("rb").readline()
+                except OSError:
+                    answer = b""
+        printed = log.read_text(errors="replace")
         log.unlink(missing_ok=True)
+        status = json.loads(answer).get("status", 1) if answer else None
+        if status is None:
+            out.unlink(missing_ok=True)
+            raise CompileFailed(printed or "the compile server exited")
         if status != 0 or not out.exists():
-            raise CompileFailed(output or f"exit status {status}")
+            out.unlink(missing_ok=True)
+            raise CompileFailed(printed or f"exit status {status}")
         compiled = json.loads(out.read_text())
         out.unlink()
         return compiled
@@ -199,7 +459,8 @@ class CompileServer:
         self._process.wait()
         self._reader.join()
         self._process.stdout.close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
