@@ -106,19 +106,18 @@ KUBERNETES_MODELS = (
 
 
 def warm() -> None:
-    """Start, before any fork, the work every command repeats: the S3 client its code package
-    is uploaded with, and the package's first part (Metaflow's own files, which are the same in
-    every package: tarred and compressed once here, continued in each child)."""
+    """Start, before any fork, the work every command repeats (WARM_UPS)."""
     with long_lived():
-        if os.environ.get("METAFLOW_DEFAULT_DATASTORE") == "s3":
-            _first_s3_client_from_the_server()
-        _PackagePrefix.install()
+        for warm_up in WARM_UPS:
+            warm_up()
 
 
 def _first_s3_client_from_the_server() -> None:
     """The first S3 client a child asks for is one built here (botocore parses its service
     models for every new session: about 0.1 s of CPU); a later one, e.g. a reset after an
     error, is built anew as Metaflow would build it."""
+    if os.environ.get("METAFLOW_DEFAULT_DATASTORE") != "s3":
+        return
     from metaflow.plugins.datatools.s3 import s3
 
     build = s3.get_s3_client
@@ -212,6 +211,12 @@ class _PackagePrefix:
         TarPackagingBackend.add_file = prefixed_add_file
         TarPackagingBackend.add_data = prefixed_add_data
         TarPackagingBackend.close = prefixed_close
+
+
+# The S3 client a code package is uploaded with, and the package's first part (Metaflow's own
+# files, the same in every package: tarred and compressed once here, continued in each child).
+# benchmarks/argo_compile_cost.py leaves each out in turn to measure what it saves.
+WARM_UPS = [_first_s3_client_from_the_server, _PackagePrefix.install]
 
 
 def _stamp(path: str) -> tuple[int, int]:
@@ -386,6 +391,8 @@ class CompileServer:
     command line here (``fork_launcher.py``).
     """
 
+    SERVER = ("-m", "torchperf.backends.compile_server")  # how Python starts the server
+
     def __init__(self, env: Mapping[str, str], cwd: Path, scratch: Path):
         self.scratch = scratch
         self.cwd = Path(cwd)
@@ -394,7 +401,7 @@ class CompileServer:
         self._socket_dir = tempfile.mkdtemp(prefix="torchperf-")
         self.socket_path = os.path.join(self._socket_dir, "server.sock")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "torchperf.backends.compile_server", self.socket_path],
+            [sys.executable, *self.SERVER, self.socket_path],
             env=dict(env), cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         self._ready = threading.Event()
