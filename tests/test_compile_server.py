@@ -79,11 +79,13 @@ def test_a_command_with_other_metaflow_settings_runs_as_a_fresh_python(server, t
     env = {**os.environ, "METAFLOW_PROFILE": "other"}
     # WHEN the launcher is started for it
     launched = launch(server, [command], env=env)
-    out, _ = launched.communicate(timeout=60)
+    out, err = launched.communicate(timeout=60)
     # THEN it ran as the plain `python command.py` (the launcher's own process), not forked
     parent, profile = out.split()
     assert int(parent) == os.getpid() and profile == "other"
     assert launched.returncode == 0
+    # ... saying why in its output (the Deployer keeps it in its log)
+    assert "Metaflow settings differ: METAFLOW_PROFILE" in err
 
 
 def test_without_a_server_the_launcher_runs_the_command_itself(tmp_path):
@@ -150,7 +152,8 @@ from metaflow.packaging_sys import ContentType
 from metaflow.packaging_sys.tar_backend import TarPackagingBackend
 from metaflow.packaging_sys.v1 import MetaflowCodeContentV1
 
-files = [f for f in MetaflowCodeContentV1().contents(ContentType.CODE_CONTENT.value)]
+content = MetaflowCodeContentV1(criteria=lambda module: False)
+files = list(content.contents(ContentType.CODE_CONTENT.value))
 extra = (sys.argv[1], "user/extra.py")
 
 
@@ -192,7 +195,7 @@ def test_every_package_from_the_warmed_start_is_the_package_metaflow_builds(tmp_
     # GIVEN packages of several shapes: Metaflow's (its files, then the user's), and others
     # WHEN each is built first in a process that compressed Metaflow's files before
     done = subprocess.run(
-        [sys.executable, "-c", PACKAGES, __file__], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-c", PACKAGES, __file__], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     # THEN every one is byte for byte what a fresh build gives

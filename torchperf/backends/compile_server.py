@@ -121,21 +121,20 @@ def _first_s3_client_from_the_server() -> None:
     from metaflow.plugins.datatools.s3 import s3
 
     build = s3.get_s3_client
-    ready: dict[str, tuple] = {}
-    taken: set[str] = set()
+    ready: list[tuple] = []  # the server's client; each child takes its own copy once
 
-    def get_s3_client(**kwargs):
-        key = json.dumps(kwargs, sort_keys=True, default=repr)
-        if key in ready and key not in taken:
-            taken.add(key)
-            return ready[key]
-        return build(**kwargs)
+    def get_s3_client(s3_role_arn=None, s3_session_vars=None, s3_client_params=None):
+        if ready and not (s3_role_arn or s3_session_vars or s3_client_params):
+            return ready.pop()
+        return build(
+            s3_role_arn=s3_role_arn,
+            s3_session_vars=s3_session_vars,
+            s3_client_params=s3_client_params,
+        )
 
-    s3.get_s3_client = get_s3_client
     client = s3.S3Client()  # the datastore's own: no role, Metaflow's session settings
-    ready[json.dumps(
-        {"s3_role_arn": None, "s3_session_vars": None, "s3_client_params": None}, sort_keys=True
-    )] = (client.client, client.error)  # fmt: skip
+    ready.append((client.client, client.error))
+    s3.get_s3_client = get_s3_client
 
 
 class _PackagePrefix:
@@ -153,9 +152,11 @@ class _PackagePrefix:
         from metaflow.packaging_sys.tar_backend import TarPackagingBackend
         from metaflow.packaging_sys.v1 import MetaflowCodeContentV1
 
+        # Metaflow's files and its extensions' only: no module of ours is looked at here.
+        content = MetaflowCodeContentV1(criteria=lambda module: False)
         files = [
             (path, arcname, _stamp(path))
-            for path, arcname in MetaflowCodeContentV1().contents(ContentType.CODE_CONTENT.value)
+            for path, arcname in content.contents(ContentType.CODE_CONTENT.value)
             if isinstance(path, str)
         ]
         built = TarPackagingBackend().create()

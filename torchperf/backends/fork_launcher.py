@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
         return 1
     if "refused" in answer:
         connection.close()
+        print(f"note: running as a fresh Python: {answer['refused']}", file=sys.stderr)
+        sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, *command])
     status = answer["status"]
     return status if status >= 0 else 128 - status
