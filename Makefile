@@ -30,7 +30,7 @@ format: $(BIN)/.installed  ## ruff format in place
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(BIN)/.installed  ## print the benchmark figures (fidelity, sweep overhead, analytics scaling, argo fan-out)
-	for b in benchmarks/*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
 
 argo-sim: $(BIN)/.installed  ## an Argo sweep on the simulated cluster, every step run here (root; ARGS="cpu=1,2 tensor_dim=32,64")
 	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python tests/cluster/run_sim.py $(ARGS)

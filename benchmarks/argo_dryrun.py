@@ -59,25 +59,12 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=0, help="also time a dry run of N variants")
     args = parser.parse_args()
 
+    from _loopback import argo_settings
     from cluster.s3 import start_moto
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-dryrun-"))
     s3, s3_url = start_moto("torchperf", "bench", "bench")
-    env = {
-        **os.environ,
-        "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
-        "METAFLOW_HOME": str(scratch / "mfhome"),
-        "METAFLOW_DEFAULT_DATASTORE": "s3",
-        "METAFLOW_S3_ENDPOINT_URL": s3_url,
-        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://torchperf/metaflow",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "METAFLOW_KUBERNETES_NAMESPACE": "default",
-        "METAFLOW_ARGO_EVENTS_EVENT": "metaflow-event",
-        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": "argo-events-webhook",
-        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": "operate-workflow-sa",
-    }
+    env = {**os.environ, **argo_settings(scratch, s3_url)}
     try:
         imports = [
             timed([sys.executable, "-c", "import metaflow"], env, scratch)[0] for _ in range(5)

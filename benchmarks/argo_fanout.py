@@ -99,6 +99,7 @@ def main() -> None:
     from kube_api import KubeAPI
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-fanout-"))
+    from _loopback import argo_settings
     from cluster.metadata import start_metadata_service
     from cluster.s3 import start_moto
 
@@ -107,23 +108,8 @@ def main() -> None:
     api = KubeAPI(pending_seconds=1.0, run_seconds=args.duration).__enter__()
     # This process reads Metaflow's settings at `import metaflow`: set them all first.
     os.environ.update(
-        METAFLOW_USER=os.environ.get("METAFLOW_USER", "bench"),
-        METAFLOW_HOME=str(scratch / "mfhome"),
-        METAFLOW_DEFAULT_METADATA="service",
-        METAFLOW_SERVICE_URL=service_url,
+        argo_settings(scratch, s3_url, service_url, api),
         METAFLOW_DATASTORE_SYSROOT_LOCAL=str(scratch),
-        METAFLOW_DEFAULT_DATASTORE="s3",
-        METAFLOW_S3_ENDPOINT_URL=s3_url,
-        METAFLOW_DATASTORE_SYSROOT_S3="s3://torchperf/metaflow",
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        METAFLOW_KUBERNETES_NAMESPACE="default",
-        METAFLOW_ARGO_EVENTS_EVENT="metaflow-event",
-        METAFLOW_ARGO_EVENTS_EVENT_SOURCE="argo-events-webhook",
-        METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT="operate-workflow-sa",
-        METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL=f"{api.url}/webhook",
-        KUBECONFIG=str(api.write_kubeconfig(scratch / "kubeconfig")),
     )
     grid = upstream_grid(args.variants)
     try:

@@ -107,18 +107,12 @@ def test_config_files_are_loaded_once_per_multirun_not_per_job(multirun_master, 
 
 
 def test_the_launcher_takes_each_checked_config_once_and_composes_the_rest(
-    multirun_master, monkeypatch
+    multirun_master, composes
 ):
     master, _, search_path = multirun_master("cpu=1", "tensor_dim=8")
     loader = ConfigLoaderImpl(config_search_path=search_path)
     job_configs = JobConfigs(loader)
-    composes = []
-    compose = ConfigLoaderImpl.load_configuration
-    monkeypatch.setattr(
-        ConfigLoaderImpl,
-        "load_configuration",
-        lambda self, *args, **kwargs: composes.append(1) or compose(self, *args, **kwargs),
-    )
+    composes.clear()  # count from here
     # GIVEN the sweeper's check composed a job, then changed the config it got
     checked = loader.load_sweep_config(master, ["cpu=2", "tensor_dim=8"])
     checked.cpu = 7

@@ -55,16 +55,7 @@ def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
     assert summary["planned"] == 4 and len(summary["variants"]) == 4
 
 
-def test_each_job_is_composed_for_the_sweepers_check_and_not_again_to_launch(multirun, monkeypatch):
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    composes = []
-    compose = ConfigLoaderImpl.load_configuration
-    monkeypatch.setattr(
-        ConfigLoaderImpl,
-        "load_configuration",
-        lambda self, *args, **kwargs: composes.append(1) or compose(self, *args, **kwargs),
-    )
+def test_each_job_is_composed_for_the_sweepers_check_and_not_again_to_launch(multirun, composes):
     batch, _, job_dirs = multirun(FakeBackend(), "cpu=1,2", "tensor_dim=32,64")
     assert len(composes) == 1 + 4  # the multirun's config, then each job's for the check
     assert [job.hydra_cfg.hydra.job.num for job in batch] == [0, 1, 2, 3]
