@@ -7,7 +7,8 @@ that chooses values as it goes, is submitted when it comes).
 
 The preflight compiles every manifest in a compile server (compile_server.py: Metaflow imported
 once, a forked child per flow compile, as many at once as there are cores); Metaflow's Deployer
-creates (one subprocess per variant, with this backend's settings in ``env=``), and what it
+creates, with this backend's settings in ``env=``, its ``python FLOW.py ... create`` run in a
+forked child of the same server (fork_launcher.py stands in for ``python``), and what it
 created is read back and compared with what the preflight validated before anything is
 triggered. Both start the flows by their links in ``.deploy/``, so that the code package holds
 what the pods need (the two flows and ``torchperf/``; Metaflow adds itself and the card
