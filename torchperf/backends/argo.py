@@ -616,7 +616,6 @@ class ArgoBackend:
 
     def preflight(self, sweep: SweepSpec) -> None:
         """Settings, then every manifest compiled, validated, checked and written; no cluster."""
-        manifests.import_models()
         self._settings = resolve_settings(
             self.environ, namespace=self.namespace, image=self.image,
             guaranteed_qos=self.guaranteed_qos, dry_run=sweep.dry_run,
@@ -626,6 +625,8 @@ class ArgoBackend:
         out = Path(sweep.sweep_dir) / "manifests"
         self._scratch = Path(tempfile.mkdtemp(prefix="torchperf-compile-"))
         try:
+            self._compiler(None)  # starts while hera's models import here (a second each)
+            manifests.import_models()
             with ThreadPoolExecutor(self.deploy_workers) as pool:
                 analytics = pool.submit(self._compile_analytics, sweep)
                 compiled = [
