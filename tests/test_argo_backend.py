@@ -396,6 +396,19 @@ def test_start_puts_the_pending_variants_in_flight_and_not_the_resumed_ones(envi
     assert "c2_n64" in ran and "c1_n64" not in ran
 
 
+def test_deploying_from_the_pool_s_threads_prints_no_signal_handler_warnings(
+    environ, api, tmp_path, capfd
+):
+    # GIVEN two variants that the backend deploys from its pool's threads
+    sweep = make_sweep(tmp_path, "quiettag", [(1, 64), (2, 64)])
+    # WHEN the sweep runs them
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN both were deployed and ran, and the user's terminal got no line per variant from
+    # Metaflow's Deployer about SIGINT handlers (it prints one when made off the main thread)
+    assert {o.status for o in outcomes.values()} == {"succeeded"}
+    assert "Unable to set signal handlers" not in capfd.readouterr().err
+
+
 def test_what_the_api_received_is_what_was_validated_but_for_the_deploys_own_token(
     environ, api, tmp_path
 ):

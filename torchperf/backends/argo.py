@@ -683,7 +683,7 @@ class ArgoBackend:
             if item.variant.id not in pending:
                 continue
             self._futures[item.variant.id] = self._pool.submit(
-                self._run, sweep, item.variant, item.settings
+                self._run, sweep, item.variant, item.settings, self._variant_deployer(sweep, item)
             )
 
     def start(self, sweep: SweepSpec) -> None:
@@ -700,8 +700,9 @@ class ArgoBackend:
                 self._start(sweep)
             future = self._futures.get(variant.id)
             if future is None and self._pool is not None and not self._cancelled.is_set():
+                deployer = self._variant_deployer(sweep, Planned(variant, settings, {}))
                 future = self._futures[variant.id] = self._pool.submit(
-                    self._run, sweep, variant, settings
+                    self._run, sweep, variant, settings, deployer
                 )
         if future is None or future.cancelled():
             return Outcome("cancelled", message="the sweep was interrupted")
@@ -710,24 +711,31 @@ class ArgoBackend:
         except Exception as error:  # cancelled futures raise CancelledError
             return Outcome("cancelled", message=one_line(error) or "the sweep was interrupted")
 
-    def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
+    def _variant_deployer(self, sweep: SweepSpec, item: Planned):
+        """The variant's Deployer, made where the variant is put in flight (the main thread):
+        made in a pool thread, Metaflow's Deployer warns that it cannot take SIGINT there."""
+        return self._deployer(
+            self.flow_file,
+            item.variant.branch,
+            self._variant_config(sweep, item.settings),
+            self._image(item.settings),
+        )
+
+    def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, deployer):
         try:
-            return self._deploy_and_wait(sweep, variant, settings)
+            return self._deploy_and_wait(sweep, variant, settings, deployer)
         except Exception as error:
             if self._cancelled.is_set():
                 return Outcome("cancelled", message="the sweep was interrupted")
             return Outcome("failed", message=f"{variant.id}: {one_line(error)}")
 
-    def _deploy_and_wait(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
+    def _deploy_and_wait(
+        self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, deployer
+    ):
         if self._cancelled.is_set():
             return Outcome("cancelled", message="the sweep was interrupted")
         with self._deploy_slots:
-            deployed = self._deployer(
-                self.flow_file,
-                variant.branch,
-                self._variant_config(sweep, settings),
-                self._image(settings),
-            ).create(**self._create_kwargs(sweep, settings))
+            deployed = deployer.create(**self._create_kwargs(sweep, settings))
             self._templates.add(deployed.name)
         try:
             if self._cancelled.is_set():
