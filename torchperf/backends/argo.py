@@ -683,7 +683,11 @@ class ArgoBackend:
             if item.variant.id not in pending:
                 continue
             self._futures[item.variant.id] = self._pool.submit(
-                self._run, sweep, item.variant, item.settings, self._variant_deployer(sweep, item)
+                self._run,
+                sweep,
+                item.variant,
+                item.settings,
+                self._variant_deployer(sweep, item.variant, item.settings),
             )
 
     def start(self, sweep: SweepSpec) -> None:
@@ -700,7 +704,7 @@ class ArgoBackend:
                 self._start(sweep)
             future = self._futures.get(variant.id)
             if future is None and self._pool is not None and not self._cancelled.is_set():
-                deployer = self._variant_deployer(sweep, Planned(variant, settings, {}))
+                deployer = self._variant_deployer(sweep, variant, settings)
                 future = self._futures[variant.id] = self._pool.submit(
                     self._run, sweep, variant, settings, deployer
                 )
@@ -711,14 +715,14 @@ class ArgoBackend:
         except Exception as error:  # cancelled futures raise CancelledError
             return Outcome("cancelled", message=one_line(error) or "the sweep was interrupted")
 
-    def _variant_deployer(self, sweep: SweepSpec, item: Planned):
+    def _variant_deployer(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
         """The variant's Deployer, made where the variant is put in flight (the main thread):
         made in a pool thread, Metaflow's Deployer warns that it cannot take SIGINT there."""
         return self._deployer(
             self.flow_file,
-            item.variant.branch,
-            self._variant_config(sweep, item.settings),
-            self._image(item.settings),
+            variant.branch,
+            self._variant_config(sweep, settings),
+            self._image(settings),
         )
 
     def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, deployer):

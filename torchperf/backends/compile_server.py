@@ -340,6 +340,8 @@ def serve(listener: socket.socket, lifeline=None) -> None:
                 for fd in fds:
                     os.close(fd)
             elif key.data[0] == "hang-up":  # the sender is gone (or sent more): end its child
+                if key.data[1] not in running:  # ended in this same batch: already answered
+                    continue
                 pid, _ = running[key.data[1]]
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -396,7 +398,6 @@ class CompileServer:
 
     def __init__(self, env: Mapping[str, str], cwd: Path, scratch: Path):
         self.scratch = scratch
-        self.cwd = Path(cwd)
         # A folder of our own (mode 0700): nobody else may send commands to run as us, and the
         # path stays under the 108 bytes a Unix socket's name may have.
         self._socket_dir = tempfile.mkdtemp(prefix="torchperf-")
