@@ -91,21 +91,6 @@ def compose_config():
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture
-def composes(monkeypatch) -> list:
-    """A record of every config Hydra composes from here on (one item per compose)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    record = []
-    compose = ConfigLoaderImpl.load_configuration
-    monkeypatch.setattr(
-        ConfigLoaderImpl,
-        "load_configuration",
-        lambda self, *args, **kwargs: record.append(1) or compose(self, *args, **kwargs),
-    )
-    return record
-
-
 def card_text(html: str) -> str:
     """The components of a Metaflow card page, decoded (the page embeds them as base64 JSON)."""
     import base64

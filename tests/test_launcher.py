@@ -55,13 +55,6 @@ def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
     assert summary["planned"] == 4 and len(summary["variants"]) == 4
 
 
-def test_each_job_is_composed_for_the_sweepers_check_and_not_again_to_launch(multirun, composes):
-    batch, _, job_dirs = multirun(FakeBackend(), "cpu=1,2", "tensor_dim=32,64")
-    assert len(composes) == 1 + 4  # the multirun's config, then each job's for the check
-    assert [job.hydra_cfg.hydra.job.num for job in batch] == [0, 1, 2, 3]
-    assert job_dirs == ["0_cpu1_n32", "1_cpu1_n64", "2_cpu2_n32", "3_cpu2_n64"]
-
-
 def test_the_command_line_wins_over_the_presets_grid(multirun):
     backend = FakeBackend()
     batch, _, _ = multirun(backend, "sweep=smoke", "tensor_dim=48")

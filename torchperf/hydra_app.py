@@ -114,22 +114,20 @@ def launch_batch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     state: MultirunState | None,
-    compose=None,
 ):
     """One batch from the sweeper (the whole grid from the basic sweeper, a few trials from an
-    optimizing one): every job composed and checked, then run as one sweep batch, each job's
-    directory and JobReturn as Hydra's basic launcher makes them. ``compose(config, overrides)``
-    gives a job's config (Hydra's load_sweep_config unless given). Returns (JobReturns, state)."""
+    optimizing one): every job composed (through Hydra's config loader, as Hydra's own
+    launchers do) and checked, then run as one sweep batch, each job's directory and JobReturn
+    as Hydra's basic launcher makes them. Returns (JobReturns, state)."""
     from hydra.core.utils import configure_log, run_job, setup_globals
 
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    compose = compose or hydra_context.config_loader.load_sweep_config
     job_configs = []
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        job_config = compose(config, list(overrides))
+        job_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(job_config):
             job_config.hydra.job.id = idx
             job_config.hydra.job.num = idx

@@ -30,14 +30,9 @@ class TorchperfLauncher(Launcher):
     def __init__(self) -> None:
         self.config = self.hydra_context = self.task_function = None
         self.state = None  # the sweep this multirun's batches belong to (one tag, one summary)
-        self.job_configs = None  # torchperf.compose_cache.JobConfigs
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from torchperf.compose_cache import JobConfigs
-
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-        # Before the sweeper's check composes the first batch, through the same loader.
-        self.job_configs = JobConfigs(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -45,11 +40,6 @@ class TorchperfLauncher(Launcher):
         from torchperf.hydra_app import launch_batch
 
         returns, self.state = launch_batch(
-            self.hydra_context,
-            self.config,
-            job_overrides,
-            initial_job_idx,
-            self.state,
-            compose=self.job_configs.take,
+            self.hydra_context, self.config, job_overrides, initial_job_idx, self.state
         )
         return returns
