@@ -43,7 +43,6 @@ class TorchPerfFlow(FlowSpec):
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
         from torchperf import bench, cgroups, fingerprint, live, turns
-        from torchperf.card_renders import card_renders_running
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
@@ -62,14 +61,8 @@ class TorchPerfFlow(FlowSpec):
         # A local sweep gives the cores to one measurement at a time: wait for this one's turn.
         with turns.measuring(settings.turn):
             env = fingerprint.collect(settings.cpu)  # before measuring: the load is not ours
-            result = bench.measure(
-                settings.tensor_dim,
-                settings.cpu,
-                settings.measure_seconds,
-                device=settings.device,
-                on_progress=card.update,
-                busy=card_renders_running,
-            )
+            # Warm-up, then timed samples; the card renders between the two, never during one.
+            result = live.measure(card, settings)
         limits = cgroups.limits_report(
             settings.cpu, affinity, quota, throttled_before, cgroups.throttling()
         )

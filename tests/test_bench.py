@@ -1,5 +1,6 @@
 """The benchmark core: arithmetic, statistics, warm-up, core choice, one tiny real measurement."""
 
+import itertools
 import statistics
 import time
 
@@ -74,9 +75,8 @@ def test_choose_cores_rejects_cpu_above_allowed_cores():
 
 
 def test_measure_reports_consistent_figures():
-    progress = []
     called = time.time()
-    result = bench.measure(32, 1, 0.05, on_progress=progress.append, progress_every=0.0)
+    result = bench.measure(32, 1, 0.05)
     returned = time.time()
     samples = result["gflops_samples"]
     # The wall-clock window spans warm-up and timing, within the call.
@@ -92,35 +92,69 @@ def test_measure_reports_consistent_figures():
     )
     assert result["threads"] == 1 and result["tensor_dim"] == 32 and result["device"] == "cpu"
     assert isinstance(result["torch_version"], str) and type(result["torch_version"]) is str
-    # Progress is reported between samples, ending with the final figure.
-    assert progress[-1].phase == "done" and progress[-1].gflops == result["gflops"]
-    assert {p.phase for p in progress} >= {"measuring", "done"}
 
 
-def test_no_progress_call_in_the_last_interval_of_the_budget():
-    # GIVEN progress asked for every 20 ms of a 100 ms budget
-    progress = []
-    result = bench.measure(16, 1, 0.1, on_progress=progress.append, progress_every=0.02)
-    measuring = [p for p in progress if p.phase == "measuring"]
-    # THEN it was reported while measuring, but never with less than 20 ms of budget left
-    assert measuring and result["measure_seconds"] >= 0.1
-    assert all(p.budget_seconds - p.measured_seconds > 0.02 for p in measuring)
-    assert progress[-1].phase == "done"
+def test_timing_needs_a_warm_up_first():
+    with pytest.raises(RuntimeError, match="warm_up"):
+        bench.Benchmark(16, 1, 0.05).time()
 
 
-def test_measure_times_nothing_while_background_work_runs():
-    # GIVEN background work that runs for the first three checks, and again after a progress call
-    checks = []
-    background = iter([True, True, True, False, True, True, False] + [False] * 10_000)
+def test_keeps_the_cores_busy_until_background_work_ends():
+    # GIVEN background work that runs for the first three checks
+    benchmark = bench.Benchmark(16, 1, 0.05)
+    benchmark.warm_up()
+    answers, cpu_at_check = [], []
+    background = iter([True, True, True, False, True])
 
     def busy():
-        checks.append(time.monotonic())
-        return next(background)
+        cpu_at_check.append(time.process_time())
+        answers.append(next(background))
+        return answers[-1]
 
-    progress = []
-    result = bench.measure(16, 1, 0.05, on_progress=progress.append, progress_every=0.0, busy=busy)
-    # THEN it waited before warming up, and kept checking after the first progress call
-    assert len(checks) >= 7 and progress and result["gflops"] > 0
+    benchmark.keep_warm_while(busy)
+    # THEN it returned at the first "not busy", and no check after it
+    assert answers == [True, True, True, False]
+    # AND between the checks it squared (CPU time went on) instead of idling
+    assert all(later > earlier for earlier, later in itertools.pairwise(cpu_at_check))
+
+
+class RenderingCard:
+    """A benchmark card whose one render is a child process like Metaflow's `card create`,
+    which lasts ``seconds`` and writes the time it ended to ``ended``."""
+
+    def __init__(self, seconds, ended):
+        self.seconds, self.ended, self.calls = seconds, ended, []
+
+    def measuring(self, seconds):
+        import subprocess
+        import sys
+
+        self.calls.append(seconds)
+        script = (
+            "import sys, time; time.sleep(float(sys.argv[1])); "
+            "open(sys.argv[2], 'w').write(repr(time.time()))"
+        )
+        self.render = subprocess.Popen(
+            [sys.executable, "-c", script, str(self.seconds), str(self.ended), "card", "create"]
+        )
+
+
+def test_the_card_renders_between_warm_up_and_timing_never_during_timing(tmp_path):
+    from torchperf import live
+    from torchperf.settings import VariantSettings
+
+    # GIVEN a card whose render takes 0.5 s
+    card = RenderingCard(0.5, tmp_path / "ended")
+    settings = VariantSettings(cpu=1, tensor_dim=16, measure_seconds=0.05)
+    result = live.measure(card, settings)
+    card.render.wait()
+    # THEN the card was shown once, when measuring started, with the budget
+    assert card.calls == [0.05]
+    # AND the timed samples began after the render had ended: the samples' own seconds end at
+    # measured_until at the latest, so they started no earlier than this
+    timing_began_by = result["measured_until"] - result["measure_seconds"]
+    assert timing_began_by >= float((tmp_path / "ended").read_text())
+    assert result["gflops"] > 0
 
 
 def test_a_missing_cuda_device_fails_at_once():

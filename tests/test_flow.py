@@ -140,7 +140,10 @@ def test_the_card_shows_the_result(runs):
         (card,) = get_cards(run["start"].task, id="benchmark")
         text = card_text(card.get())
         assert "GFLOP/s" in text and f"{run.data.result['gflops']:.2f}" in text
-        assert "IQR / median" in text and "cores" in text
+        assert "IQR / median" in text
+        # The core list reads as ids, not as a count of cores.
+        assert f'"pinned cores (ids)", "{", ".join(map(str, run.data.result["affinity"]))}"' in text
+        assert "warming up" not in text  # the final render replaced the phase
         assert "% CI" in text and "Environment" in text
         assert run.data.result["env"]["torch_version"] in text
 

@@ -1,6 +1,6 @@
 """The benchmark: fp32 matrix squaring throughput, as pure functions around one timed loop.
 
-Only ``measure`` touches torch (imported there, so importing this module stays cheap).
+Only ``Benchmark`` touches torch (imported there, so importing this module stays cheap).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from torchperf import stats
 
@@ -161,15 +160,122 @@ def require_device(device: str) -> None:
         raise RuntimeError("device=cuda but torch sees no CUDA device")
 
 
-@dataclass
-class Progress:
-    """What a live display needs while the benchmark runs."""
+class Benchmark:
+    """One matrix squared on ``threads`` threads, in two phases: ``warm_up``, then ``time``.
 
-    phase: str  # "warmup", "measuring" or "done"
-    samples: int  # timed samples so far
-    measured_seconds: float  # time spent in timed samples so far
-    budget_seconds: float  # the measuring budget
-    gflops: float | None  # the running median, once there is one
+    The phases know nothing of displays: a caller that shows progress does so between them,
+    and ``keep_warm_while`` keeps the cores busy (untimed) while its display's work runs, so
+    that timing starts on warm caches and never overlaps that work.
+    """
+
+    def __init__(
+        self,
+        tensor_dim: int,
+        threads: int,
+        measure_seconds: float,
+        device: str = "cpu",
+        max_warmup_seconds: float = 3.0,
+    ):
+        import torch
+
+        # Before any tensor work, so that the thread pool is created with this many threads.
+        torch.set_num_threads(threads)
+        require_device(device)
+        self.tensor_dim, self.device = tensor_dim, device
+        self.measure_seconds, self.max_warmup_seconds = measure_seconds, max_warmup_seconds
+        generator = torch.Generator().manual_seed(0)
+        self._matrix = torch.rand(tensor_dim, tensor_dim, generator=generator).to(device)
+        self._product = torch.empty_like(self._matrix)
+        self._sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        self.calls = 1  # squarings per timed sample, sized by the warm-up
+        self.warmup_seconds = 0.0
+        self.warmup_settled = False
+        self.measured_from: float | None = None
+
+    def timed(self, calls: int) -> float:
+        """Seconds that ``calls`` squarings take."""
+        import torch
+
+        matrix, product = self._matrix, self._product
+        self._sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(matrix, matrix, out=product)
+        self._sync()
+        return time.perf_counter() - start
+
+    def warm_up(self) -> None:
+        """Square until the rates settle (at most ``max_warmup_seconds``); size the samples.
+
+        The first call pays for thread start-up and allocation (10-50x a warm one): it only
+        gives a first size, and each warm-up sample sizes the next and the timed ones, which
+        last as planned."""
+        self.measured_from = time.time()
+        target = sample_seconds(self.measure_seconds)
+        seconds_per_call = self.timed(1)
+        calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
+        rates: list[float] = []
+        started = time.perf_counter()
+        while not settled(rates) and time.perf_counter() - started < self.max_warmup_seconds:
+            seconds = self.timed(calls)
+            rates.append(gflops(self.tensor_dim, calls, seconds))
+            seconds_per_call = seconds / calls
+            calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
+        self.calls = calls_per_sample(seconds_per_call, target)
+        self.warmup_seconds = time.perf_counter() - started
+        self.warmup_settled = settled(rates)
+
+    def keep_warm_while(self, busy: Callable[[], bool]) -> None:
+        """Untimed samples while ``busy()`` (an idle core comes back slower), then one more:
+        whatever ran meanwhile cooled the caches."""
+        while busy():
+            self.timed(self.calls)
+        self.timed(self.calls)
+
+    def time(self) -> dict:
+        """The timed samples after ``warm_up``: the figure, its spread and where it came from."""
+        import torch
+
+        if self.measured_from is None:
+            raise RuntimeError("warm_up() comes before time()")
+        calls, measure_seconds = self.calls, self.measure_seconds
+        samples: list[float] = []
+        measured = 0.0
+        # CPU time and run-queue wait over the timed samples only.
+        cpu_seconds, waited_seconds = 0.0, 0.0
+        waited_known = run_queue_seconds() is not None
+        while measured < measure_seconds:
+            cpu_before, waited_before = time.process_time(), run_queue_seconds()
+            seconds = self.timed(calls)
+            cpu_seconds += time.process_time() - cpu_before
+            waited_after = run_queue_seconds()
+            if waited_known and waited_before is not None and waited_after is not None:
+                waited_seconds += waited_after - waited_before
+            measured += seconds
+            samples.append(gflops(self.tensor_dim, calls, seconds))
+        summary = summarize(samples)
+        threads = torch.get_num_threads()
+        sharing = contention(
+            cpu_seconds, measured, threads, waited_seconds if waited_known else None
+        )
+        return {
+            **summary,
+            **sharing,
+            "gflops_samples": samples,
+            "squarings_per_second": summary["gflops"] * 1e9 / flops_per_squaring(self.tensor_dim),
+            "calls_per_sample": calls,
+            "threads": threads,
+            "tensor_dim": self.tensor_dim,
+            "device": torch.cuda.get_device_name() if self.device == "cuda" else "cpu",
+            # str(): a TorchVersion would make every reader of the artifact import torch.
+            "torch_version": str(torch.__version__),
+            "measure_seconds": measured,
+            "warmup_seconds": self.warmup_seconds,
+            "warmup_settled": self.warmup_settled,
+            # Wall-clock bounds (epoch seconds) of warm-up and timing: when the cores were taken.
+            "measured_from": self.measured_from,
+            "measured_until": time.time(),
+        }
 
 
 def measure(
@@ -177,117 +283,10 @@ def measure(
     threads: int,
     measure_seconds: float,
     device: str = "cpu",
-    on_progress: Callable[[Progress], None] | None = None,
-    progress_every: float = 1.0,
-    busy: Callable[[], bool] | None = None,
     max_warmup_seconds: float = 3.0,
 ) -> dict:
-    """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample.
-
-    ``on_progress`` is called between samples, never inside one, and the time it takes is not
-    measured; it is called at most every ``progress_every`` seconds of each phase (warm-up,
-    measuring, but not in the last ``progress_every`` seconds of the budget) and once at the end.
-    ``busy`` says whether background work of ours (a card render) still runs: timing starts
-    only once it is done, and while it runs after a progress call the benchmark keeps its cores
-    warm with untimed squarings instead of letting them idle (an idle core comes back slower).
-    """
-    import torch
-
-    # Before any tensor work, so that the thread pool is created with this many threads.
-    torch.set_num_threads(threads)
-    require_device(device)
-    generator = torch.Generator().manual_seed(0)
-    matrix = torch.rand(tensor_dim, tensor_dim, generator=generator).to(device)
-    product = torch.empty_like(matrix)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def timed(calls: int) -> float:
-        sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            torch.mm(matrix, matrix, out=product)
-        sync()
-        return time.perf_counter() - start
-
-    notified = [time.monotonic()]
-
-    def notify(progress: Progress, force: bool = False) -> None:
-        if on_progress and (force or time.monotonic() - notified[0] >= progress_every):
-            on_progress(progress)
-            if progress.phase != "done":
-                while busy and busy():
-                    timed(calls)
-                # Whatever ran meanwhile (a card render) cooled the caches: warm them again.
-                timed(calls)
-            notified[0] = time.monotonic()
-
-    while busy and busy():
-        time.sleep(0.01)
-    measured_from = time.time()
-    # The first call pays for thread start-up and allocation (10-50x a warm one): it only gives a
-    # first size, and each warm-up sample sizes the next and the timed ones, which last as planned.
-    target = sample_seconds(measure_seconds)
-    seconds_per_call = timed(1)
-    calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
-    warmup_rates: list[float] = []
-    warmup_started = time.perf_counter()
-    notified[0] = time.monotonic()
-    while not settled(warmup_rates) and time.perf_counter() - warmup_started < max_warmup_seconds:
-        seconds = timed(calls)
-        warmup_rates.append(gflops(tensor_dim, calls, seconds))
-        seconds_per_call = seconds / calls
-        calls = calls_per_sample(seconds_per_call, WARMUP_SHARE * target)
-        notify(Progress("warmup", 0, 0.0, measure_seconds, None))
-    calls = calls_per_sample(seconds_per_call, target)
-    warmup_seconds = time.perf_counter() - warmup_started
-
-    samples: list[float] = []
-    measured = 0.0
-    # CPU time and run-queue wait over the timed samples only, not the renders between them.
-    cpu_seconds, waited_seconds = 0.0, 0.0
-    waited_known = run_queue_seconds() is not None
-    # Each phase counts its own seconds: a render comes after a full second of measuring.
-    notified[0] = time.monotonic()
-    while measured < measure_seconds:
-        cpu_before, waited_before = time.process_time(), run_queue_seconds()
-        seconds = timed(calls)
-        cpu_seconds += time.process_time() - cpu_before
-        waited_after = run_queue_seconds()
-        if waited_known and waited_before is not None and waited_after is not None:
-            waited_seconds += waited_after - waited_before
-        measured += seconds
-        samples.append(gflops(tensor_dim, calls, seconds))
-        if measured >= measure_seconds:
-            break
-        # Within the last interval the final figure is due anyway: a render would only cost time
-        # (it came in most short measurements, as the clock runs ahead of the timed seconds).
-        if measure_seconds - measured > progress_every:
-            notify(
-                Progress(
-                    "measuring", len(samples), measured, measure_seconds, statistics.median(samples)
-                )
-            )
-    summary = summarize(samples)
-    sharing = contention(
-        cpu_seconds, measured, torch.get_num_threads(), waited_seconds if waited_known else None
-    )
-    result = {
-        **summary,
-        **sharing,
-        "gflops_samples": samples,
-        "squarings_per_second": summary["gflops"] * 1e9 / flops_per_squaring(tensor_dim),
-        "calls_per_sample": calls,
-        "threads": torch.get_num_threads(),
-        "tensor_dim": tensor_dim,
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        # str(): a TorchVersion would make every reader of the artifact import torch.
-        "torch_version": str(torch.__version__),
-        "measure_seconds": measured,
-        "warmup_seconds": warmup_seconds,
-        "warmup_settled": settled(warmup_rates),
-        # Wall-clock bounds (epoch seconds) of warm-up and timing: when the cores were taken.
-        "measured_from": measured_from,
-        "measured_until": time.time(),
-    }
-    notify(Progress("done", len(samples), measured, measure_seconds, summary["gflops"]), force=True)
-    return result
+    """Square an n x n fp32 matrix repeatedly and report GFLOP/s per timed sample: warm-up,
+    then timed samples until ``measure_seconds`` of them, nothing in between."""
+    benchmark = Benchmark(tensor_dim, threads, measure_seconds, device, max_warmup_seconds)
+    benchmark.warm_up()
+    return benchmark.time()

@@ -1,28 +1,39 @@
-"""TorchPerfFlow's live card: progress and the running figure while it measures."""
+"""TorchPerfFlow's live card, and the measurement with the card shown between its phases."""
 
 from __future__ import annotations
 
 import os
+import time
 
-from torchperf import stats
-from torchperf.bench import NOISY_IQR_RATIO, Progress
+from torchperf import bench, display
+from torchperf.bench import NOISY_IQR_RATIO
+from torchperf.card_renders import card_renders_running
 from torchperf.settings import VariantSettings
 
-PHASE_TEXT = {"warmup": "warming up", "measuring": "measuring", "done": "done"}
+
+def measure(card: BenchmarkCard, settings: VariantSettings) -> dict:
+    """Warm up, show "measuring" on the card, time: the card renders between the phases, never
+    during one, and timing starts once its render has ended (on cores kept warm meanwhile)."""
+    benchmark = bench.Benchmark(
+        settings.tensor_dim, settings.cpu, settings.measure_seconds, device=settings.device
+    )
+    benchmark.warm_up()
+    card.measuring(settings.measure_seconds)
+    benchmark.keep_warm_while(card_renders_running)
+    return benchmark.time()
 
 
 class BenchmarkCard:
-    """Components of one benchmark card, updated between timed samples."""
+    """Components of one benchmark card: shown once measuring starts, and at the task's end."""
 
     def __init__(self, card, settings: VariantSettings, render_cores: list[int] | None = None):
         """``render_cores``: where the card's render processes may run, so that they need not
         share (and cool) the measuring cores; None leaves them on the measuring cores."""
-        from metaflow.cards import Markdown, ProgressBar
+        from metaflow.cards import Markdown
 
         self._card = card
         self._render_cores = render_cores
         self._status = Markdown("**warming up**")
-        self._bar = ProgressBar(max=100, label="measured", value=0, unit="%")
         card.append(
             Markdown(
                 f"# TorchPerfFlow\n`cpu={settings.cpu}` · `tensor_dim={settings.tensor_dim}` · "
@@ -31,26 +42,19 @@ class BenchmarkCard:
             )
         )
         card.append(self._status)
-        card.append(self._bar)
-        # No render yet: each costs a process on the cores; the first comes with the first figure.
+        # No render yet: each costs a process on the cores; one comes when measuring starts.
 
-    def update(self, progress: Progress) -> None:
-        """Show the phase, the share of the budget measured and the running median.
+    def measuring(self, seconds: float) -> None:
+        """Say that timing starts and when it ends, and render the card once.
 
-        Called between timed samples; the render runs in a child process, which the benchmark
-        waits for (``card_renders_running``) before the next sample. The final figure needs no
+        The render runs in a child process, which the benchmark waits for
+        (``card_renders_running``) before its first timed sample. The final figure needs no
         refresh: the card is rendered once more when the task ends.
         """
-        if progress.phase == "done":
-            return
-        figure = (
-            "" if progress.gflops is None else f" · running median {progress.gflops:.1f} GFLOP/s"
-        )
+        until = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
         self._status.update(
-            f"**{PHASE_TEXT[progress.phase]}** · {progress.samples} samples{figure}"
+            f"**measuring** for {seconds:g} s of timed samples (until about {until})"
         )
-        share = min(1.0, progress.measured_seconds / progress.budget_seconds)
-        self._bar.update(round(100 * share))
         pinned = os.sched_getaffinity(0) if self._render_cores else None
         if pinned:
             # The render process inherits this process's cores at its start.
@@ -74,10 +78,9 @@ class BenchmarkCard:
             )
             + "".join(f" · **warning**: {warning}" for warning in result.get("warnings", []))
         )
-        self._bar.update(100)
         rows = [
             ["GFLOP/s (median)", f"{result['gflops']:.2f}"],
-            ["confidence interval of the median", figure(result)],
+            ["median with its confidence interval", figure(result)],
             [
                 "CPU time / (threads × wall)",
                 f"{100 * result['cpu_utilization']:.0f} %"
@@ -89,7 +92,12 @@ class BenchmarkCard:
             ["measured seconds", f"{result['measure_seconds']:.2f}"],
             ["warm-up seconds", f"{result['warmup_seconds']:.2f}"],
             ["threads", str(result["threads"])],
-            ["cores", ", ".join(map(str, result["affinity"]))],
+            [
+                "allowed cores (ids; not pinned in a pod)"
+                if bench.running_on_kubernetes()
+                else "pinned cores (ids)",
+                ", ".join(map(str, result["affinity"])),
+            ],
             [
                 "CPU quota (cgroup)",
                 "none" if result.get("cpu_quota") is None else f"{result['cpu_quota']:g} CPUs",
@@ -110,18 +118,9 @@ class BenchmarkCard:
 
 def figure(result: dict) -> str:
     """The median with its confidence interval, to the digits it supports."""
-    low, high = result["gflops_ci"]
-    return stats.describe(result["gflops"], low, high, result["gflops_ci_level"])
+    return display.figure(result["gflops"], (*result["gflops_ci"], result["gflops_ci_level"]))
 
 
 def environment_rows(env: dict) -> list[list[str]]:
-    """The fingerprint as card rows; an unreadable field shows as "unknown"."""
-
-    def shown(value) -> str:
-        if value is None:
-            return "unknown"
-        if isinstance(value, list):
-            return ", ".join(map(str, value))
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    return [[key.replace("_", " "), shown(value)] for key, value in env.items()]
+    """The fingerprint as card rows."""
+    return display.env_rows(env)

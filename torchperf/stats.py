@@ -84,16 +84,21 @@ def round_to(value: float, figures: int) -> str:
     return _at_place(value, math.floor(math.log10(abs(value))) - figures + 1)
 
 
-def describe(median: float, low: float, high: float, level: float, unit: str = "GFLOP/s") -> str:
+def describe(
+    median: float, low: float, high: float, level: float | None, unit: str = "GFLOP/s"
+) -> str:
     """'205 GFLOP/s (95 % CI 201–209)': the figure with the digits the interval supports, and
-    the bounds to the same decimal place."""
+    the bounds to the same decimal place; "(CI 201–209)" where the coverage is not known.
+
+    Shown to people through ``display.figure``, which also handles a missing interval."""
     if median == 0 or not math.isfinite(median):
         return f"{median:g} {unit}"
-    figures = significant_figures(median, Interval(low, high, level))
+    figures = significant_figures(median, Interval(low, high, level or 0.0))
     place = math.floor(math.log10(abs(median))) - figures + 1
     shown = f"{_at_place(median, place)} {unit}".strip()
     bounds = f"{_at_place(low, place)}–{_at_place(high, place)}"
-    return f"{shown} ({100 * level:.0f} % CI {bounds})"
+    coverage = "" if level is None else f"{100 * level:.0f} % "
+    return f"{shown} ({coverage}CI {bounds})"
 
 
 # ---- Two samples -------------------------------------------------------------------------
