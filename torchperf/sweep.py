@@ -9,6 +9,7 @@ share the tag and the summary. Nothing here knows how a variant runs: the backen
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,19 @@ def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
     return Variant(settings.cpu, settings.tensor_dim, branch, settings.device), settings
 
 
+# Overrides a resumed sweep must not repeat: its own tag, and the folders of this run.
+NOT_RESUMED = ("tag=", "+tag=", "++tag=", "hydra.sweep.dir=", "hydra.run.dir=")
+
+
+def resume_command(tag: str, overrides: list[str], multirun: bool = True) -> str:
+    """The command that resumes sweep ``tag`` with the user's other overrides, quoted for a
+    POSIX shell; it runs only what did not succeed."""
+    kept = [shlex.quote(o) for o in overrides if not o.startswith(NOT_RESUMED)]
+    return " ".join(
+        ["python sweep_deployer.py", *(["-m"] if multirun else []), f"tag={tag}", *kept]
+    )
+
+
 def plan_variants(
     base: Mapping, jobs: list[dict], tag: str
 ) -> list[tuple[Variant, VariantSettings]]:
@@ -75,8 +89,10 @@ class Sweep:
         done: dict[str, Done] | None = None,
         display: bool = True,
         summary: SweepSummary | None = None,
+        resume: str | None = None,
     ):
         self.spec = spec
+        self.resume = resume  # the command that resumes this sweep, shown after an interruption
         self.backend = backend
         self.done = done or {}
         self.summary = summary or SweepSummary(
@@ -130,7 +146,11 @@ class Sweep:
         name = options.get("name", "local")
         backend = backend or make_backend(name, options)
         backend.preflight(spec)
-        opened = cls(spec, backend, name, done, display, summary)
+        hydra = config.get("hydra") or {}
+        overrides = list(hydra.get("overrides", {}).get("task") or [])
+        mode = hydra.get("mode")  # RUN without -m
+        resume = resume_command(tag, overrides, multirun=getattr(mode, "name", mode) != "RUN")
+        opened = cls(spec, backend, name, done, display, summary, resume)
         try:
             backend.start(spec)  # from here on, close() stops whatever it started
         except BaseException:
@@ -195,7 +215,7 @@ class Sweep:
             written = self._write_report(analytics) if analytics else []
         finally:
             if self.progress:
-                self.progress.close(self.summary.variants)
+                self.progress.close(self.summary.variants, self.resume if interrupted else None)
             _last_exit_status = self.exit_status()
         if self.progress:
             self.progress.console.print(f"summary: {self.summary.path}")
