@@ -9,6 +9,11 @@ Workflow from that Sensor's trigger. What it does not do is run pods: no step ev
         api.write_kubeconfig(tmp_path / "kubeconfig")
         api.fail.add("_c2_n64")    # workflows whose branch (or template name) has this end Failed
         api.hang.add("_c4_n64")    # ... these stay Running until terminated
+        api.forbid.add("c8n64")    # creating an object whose name has this answers 403
+        api.admission.append(lambda plural, obj: ...)  # a mutating webhook
+
+Like the real control plane, it adds a finalizer and a status to every Sensor as it is created
+(the Argo Events controller's doing), and server-managed metadata to every object.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ KINDS = {
     "sensors": "Sensor",
 }
 FINISHED = ("Succeeded", "Failed", "Error")
+GROUP = "argoproj.io"
 
 
 def _now_iso() -> str:
@@ -84,6 +90,10 @@ class KubeAPI:
         self.fail: set[str] = set()  # branch or template-name fragments: those workflows fail
         self.hang: set[str] = set()  # ... those workflows never finish on their own
         self.flaky = 0  # the next this many API calls answer 503, as a restarting server would
+        # Mutating admission (Kyverno, Gatekeeper): each is called with (plural, object) on every
+        # create and replace, and may change the object before it is stored.
+        self.admission: list = []
+        self.forbid: set[str] = set()  # name fragments: creating or replacing those answers 403
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
         self.events: list[dict] = []  # bodies POSTed to /webhook
@@ -169,6 +179,15 @@ class KubeAPI:
             status["finishedAt"] = _now_iso()
         return workflow
 
+    def _admit(self, plural: str, body: dict) -> tuple[int, dict] | None:
+        """A refusal (403) for a forbidden name, else None once admission has had its say."""
+        name = body.get("metadata", {}).get("name", "")
+        if any(fragment in name for fragment in self.forbid):
+            return 403, self._status(403, f'{plural}.{GROUP} "{name}" is forbidden')
+        for mutate in self.admission:
+            mutate(plural, body)
+        return None
+
     def _create(self, ns: str, plural: str, body: dict) -> tuple[int, dict]:
         meta = body.setdefault("metadata", {})
         if "name" not in meta:
@@ -176,10 +195,30 @@ class KubeAPI:
         key = (ns, plural, meta["name"])
         if key in self.objects:
             return 409, self._status(409, f'{plural} "{meta["name"]}" already exists')
-        meta.update(namespace=ns, resourceVersion="1", uid=secrets.token_hex(8))
+        refused = self._admit(plural, body)
+        if refused:
+            return refused
+        meta.update(namespace=ns, resourceVersion="1", uid=secrets.token_hex(8), generation=1)
         meta.setdefault("creationTimestamp", _now_iso())
+        # What the API server records of who set which field (kubectl shows it with -o yaml).
+        meta["managedFields"] = [
+            {"manager": "torchperf-test", "operation": "Update", "apiVersion": f"{GROUP}/v1alpha1",
+             "time": meta["creationTimestamp"], "fieldsType": "FieldsV1", "fieldsV1": {}}
+        ]  # fmt: skip
         if plural == "workflows":
             self._instantiate(ns, body)
+        if plural == "sensors":
+            # What the Argo Events controller does within milliseconds of a Sensor's creation.
+            meta["finalizers"] = ["sensor-controller"]
+            body["status"] = {
+                "conditions": [
+                    {"type": "Deployed", "status": "True", "lastTransitionTime": _now_iso()},
+                    {"type": "DependenciesProvided", "status": "True",
+                     "lastTransitionTime": _now_iso()},
+                    {"type": "TriggersProvided", "status": "True",
+                     "lastTransitionTime": _now_iso()},
+                ]
+            }  # fmt: skip
         self.objects[key] = body
         return 201, body
 
@@ -215,7 +254,7 @@ class KubeAPI:
 
     @staticmethod
     def _status(code: int, message: str) -> dict:
-        reason = {404: "NotFound", 409: "AlreadyExists"}.get(code, "BadRequest")
+        reason = {403: "Forbidden", 404: "NotFound", 409: "AlreadyExists"}.get(code, "BadRequest")
         return {"kind": "Status", "status": "Failure", "message": message, "reason": reason,
                 "code": code}  # fmt: skip
 
@@ -254,6 +293,9 @@ class KubeAPI:
             if method == "GET":
                 return 200, self._advance(obj) if plural == "workflows" else obj
             if method == "PUT":
+                refused = self._admit(plural, body)
+                if refused:
+                    return refused
                 body["metadata"]["resourceVersion"] = str(
                     int(obj["metadata"].get("resourceVersion", "1")) + 1
                 )

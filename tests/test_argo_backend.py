@@ -23,7 +23,6 @@ from cluster.metadata import start_metadata_service
 from cluster.s3 import start_moto
 from kube_api import KubeAPI
 
-from torchperf import manifests
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
 from torchperf.manifests import TITLE
@@ -122,7 +121,6 @@ def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api
     folder = sweep.sweep_dir / "manifests"
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
-        "analytics.sensor.json",
         "analytics.workflowtemplate.json",
         "c1_n64.workflowtemplate.json",
         "c3_n128.workflowtemplate.json",
@@ -134,10 +132,13 @@ def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api
     assert start["container"]["image"] == IMAGE
     title = template["metadata"]["annotations"]["workflows.argoproj.io/title"]
     assert "cpu=3" in title and "tensor_dim=128" in title and "drytag" in title
-    sensor = json.loads((folder / "analytics.sensor.json").read_text())
-    assert "name == 'torchperf_drytag'" in json.dumps(sensor["spec"]["dependencies"])
     analytics_template = json.loads((folder / "analytics.workflowtemplate.json").read_text())
-    assert "analytics" in analytics_template["metadata"]["annotations"][TITLE]
+    annotations = analytics_template["metadata"]["annotations"]
+    assert "analytics" in annotations[TITLE]
+    # ... and the analytics flow starts on the sweep's event only (its Sensor is made from this)
+    assert json.loads(annotations["metaflow/triggers"]) == [
+        {"name": "torchperf_drytag", "type": "event"}
+    ]
     for path in folder.iterdir():
         assert SECRET not in path.read_text(), path.name
 
@@ -268,6 +269,22 @@ def test_sweep_lifecycle_with_a_failure_and_a_timeout_leaves_nothing_behind(envi
     assert api.running() == []
     assert api.names("workflowtemplates") == [] and api.names("sensors") == []
     assert ("PATCH", "workflows") in {(m, p.split("/")[-2]) for m, p in api.requests}
+
+
+def test_a_sensor_the_events_controller_has_taken_over_still_starts_the_sweep(
+    environ, api, tmp_path
+):
+    # GIVEN an API whose Argo Events controller adds a finalizer and a status to every new
+    # Sensor (the real one does within milliseconds of its creation)
+    sweep = make_sweep(tmp_path, "finaltag", [(1, 64)])
+    # WHEN the sweep deploys its analytics flow and runs a variant
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    outcomes, analytics = run_sweep(backend, sweep)
+    # THEN the Sensor it read back was the controller's, and the sweep ran as if untouched
+    assert any(m == "GET" and "/sensors/" in p for m, p in api.requests)
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    assert analytics is not None
+    assert api.names("sensors") == [] and api.names("workflowtemplates") == []
 
 
 def test_sensor_started_workflows_take_the_sweeps_labels_from_their_template(
@@ -409,75 +426,91 @@ def test_deploying_from_the_pool_s_threads_prints_no_signal_handler_warnings(
     assert "Unable to set signal handlers" not in capfd.readouterr().err
 
 
-def test_what_the_api_received_is_what_was_validated_but_for_the_deploys_own_token(
+def test_what_admission_adds_is_tolerated_and_a_changed_request_fails_before_it_runs(
     environ, api, tmp_path
 ):
-    # GIVEN a sweep whose deployments are kept, WHEN it has run
-    sweep = make_sweep(tmp_path, "sametag", [(2, 64)])
-    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, keep_deployments=True)
-    outcomes, _ = run_sweep(backend, sweep)
-    assert outcomes["c2_n64"].status == "succeeded", outcomes
-    # THEN the stored template is the validated one, apart from what a deploy sets itself
-    validated = backend._planned["c2_n64"].template
-    (stored,) = [
-        obj for (_, plural, name), obj in api.objects.items()
-        if plural == "workflowtemplates" and name == validated["metadata"]["name"]
-    ]  # fmt: skip
-    token = stored["metadata"]["annotations"]["metaflow/production_token"]
-    assert token != validated["metadata"]["annotations"]["metaflow/production_token"]
-    assert manifests.deployed_difference(validated, stored) is None
-    # ... and a changed request would have been seen
-    start = next(t for t in stored["spec"]["templates"] if t["name"] == "start")
-    start["container"]["resources"]["requests"]["cpu"] = "3"
-    assert "resources.requests.cpu" in manifests.deployed_difference(validated, stored)
+    # GIVEN a mutating admission webhook that adds a label and a field hera does not know to
+    # every template, and lowers one variant's CPU request
+    def admission(plural, manifest):
+        if plural != "workflowtemplates":
+            return
+        manifest["metadata"].setdefault("labels", {})["policy.example/checked"] = "true"
+        manifest["spec"]["policyExampleAudit"] = {"by": "admission"}
+        if "c2n64" in manifest["metadata"]["name"]:
+            start = next(t for t in manifest["spec"]["templates"] if t["name"] == "start")
+            start["container"]["resources"]["requests"]["cpu"] = "1"
 
-
-def test_a_variant_deployed_otherwise_than_validated_fails_and_never_runs(environ, api, tmp_path):
-    # GIVEN a preflight whose validated template for one variant no longer matches what a
-    # deploy of that variant creates (as if the flow had changed in between)
-    sweep = make_sweep(tmp_path, "drifttag", [(1, 64), (2, 64)])
-    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
-    backend.preflight(sweep)
-    planned = backend._planned["c1_n64"].template
-    planned["metadata"]["annotations"][TITLE] = "something else"
+    api.admission.append(admission)
+    sweep = make_sweep(tmp_path, "admtag", [(1, 64), (2, 64)])
     # WHEN the sweep deploys both
-    outcomes = {v.id: backend.run_variant(sweep, v, s) for v, s in sweep.planned}
-    backend.finish(sweep, interrupted=False)
-    # THEN the drifted one failed before any workflow started from it; the other ran
-    assert outcomes["c1_n64"].status == "failed"
-    assert "differs from the validated template" in outcomes["c1_n64"].message
-    assert TITLE in outcomes["c1_n64"].message
-    assert outcomes["c2_n64"].status == "succeeded"
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN the one whose request changed failed before any workflow started from it, saying
+    # what changed; the other ran
+    assert outcomes["c2_n64"].status == "failed", outcomes
+    assert "as deployed" in outcomes["c2_n64"].message
+    assert "cpu request is 1" in outcomes["c2_n64"].message
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
     ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
-    assert "c1_n64" not in ran and "c2_n64" in ran
+    assert "c2_n64" not in ran and "c1_n64" in ran
+    # ... what the API held is written beside the summary, and nothing is left on the cluster
+    held = json.loads((sweep.sweep_dir / "manifests" / "c2_n64.workflowtemplate.json").read_text())
+    assert held["metadata"]["labels"]["policy.example/checked"] == "true"
     assert api.names("workflowtemplates") == []
+
+
+def test_a_create_that_fails_shows_metaflow_s_lines_and_is_failed_not_cancelled(
+    environ, api, tmp_path, capfd, monkeypatch
+):
+    # GIVEN an API that refuses one variant's template, and a sweep started from another folder
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the Deployer's temporary folders go
+    environ["TMPDIR"] = str(scratch)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    api.forbid.add("failtagc2n64")
+    sweep = make_sweep(tmp_path, "failtag", [(1, 64), (2, 64)])
+    # WHEN the sweep deploys both
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN the refused one failed (it was not cancelled) with the API's reason, the other ran
+    assert outcomes["c2_n64"].status == "failed", outcomes
+    assert "forbidden" in outcomes["c2_n64"].message
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    # ... the user saw Metaflow's own lines about it, not "Error deploying"
+    err = capfd.readouterr().err
+    assert "c2_n64: Metaflow's create failed:" in err
+    assert "Argo Workflows error" in err and "Error deploying" not in err
+    # ... the sweep is still where it was started, and the Deployer left no temporary folder
+    assert Path.cwd() == elsewhere
+    assert list(scratch.iterdir()) == []
 
 
 def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_root(
     environ, tmp_path
 ):
+    import gzip
     import io
     import tarfile
 
     import boto3
 
     from torchperf.backends.argo import package_path
-    from torchperf.backends.compile_server import CompileServer
+    from torchperf.backends.argo_deploy import Create, DeployPool
 
-    # GIVEN the variant flow compiled the way the preflight compiles it
-    server = CompileServer({**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}, ROOT, tmp_path)
+    # GIVEN the variant flow compiled with Metaflow's create(only_json=True), as a dry run does
+    config = VariantSettings(cpu=1, tensor_dim=64, tag="pkgtag").as_config()
+    request = Create(
+        str(package_path("torchtest.py")), "pkgtag_c1", config,
+        {**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}, str(ROOT), only_json=True,
+    )  # fmt: skip
+    pool = DeployPool(1)
     try:
-        config = json.dumps(VariantSettings(cpu=1, tensor_dim=64, tag="pkgtag").as_config())
-        compiled = server.compile(str(package_path("torchtest.py")), [
-            "--quiet", "--no-pylint", "--datastore", "s3", "--branch", "pkgtag_c1",
-            "--config-value", "config", config, "argo-workflows", "create", "--only-json",
-        ])  # fmt: skip
+        template = pool.submit(request).result().template
     finally:
-        server.close()
+        pool.close()
     # WHEN we open the code package its pods download
-    start = next(
-        t for t in compiled["workflow_template"]["spec"]["templates"] if t["name"] == "start"
-    )
+    start = next(t for t in template["spec"]["templates"] if t["name"] == "start")
     url = next(e["value"] for e in start["container"]["env"] if e["name"] == "METAFLOW_CODE_URL")
     bucket, key = url.removeprefix("s3://").split("/", 1)
     s3 = boto3.client(
@@ -485,8 +518,6 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
         aws_access_key_id="test", aws_secret_access_key=SECRET,
     )  # fmt: skip
     blob = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    import gzip
-
     with contextlib.suppress(OSError):
         blob = gzip.decompress(blob)  # Metaflow's datastore may compress what it saves
     with tarfile.open(fileobj=io.BytesIO(blob)) as package:
@@ -499,54 +530,3 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     assert any(name.startswith(".mf_code/metaflow/") for name in names)
     assert any(name.startswith(".mf_code/metaflow_extensions/torchperf/") for name in names)
     assert not any("/.venv/" in name or name.startswith(("tests/", ".venv")) for name in names)
-
-
-def test_the_warmed_server_compiles_what_metaflow_s_own_cli_compiles(environ, tmp_path):
-    from torchperf.backends.argo import package_path
-    from torchperf.backends.compile_server import CompileServer
-
-    # GIVEN one variant's compile options
-    environ = {**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}
-    flow = str(package_path("torchtest.py"))
-    config = json.dumps(VariantSettings(cpu=2, tensor_dim=64, tag="warmtag").as_config())
-    options = [
-        "--quiet", "--no-pylint", "--datastore", "s3", "--branch", "warmtag_c2",
-        "--config-value", "config", config, "argo-workflows", "create", "--only-json",
-    ]  # fmt: skip
-    # WHEN the compile server compiles it (S3 client and package start made before the fork)
-    server = CompileServer(environ, ROOT, tmp_path)
-    try:
-        served = server.compile(flow, options)["workflow_template"]
-    finally:
-        server.close()
-    # ... and Metaflow's own CLI compiles it in a fresh Python
-    plain = subprocess.run(
-        [sys.executable, flow, *options], env=environ, cwd=ROOT, capture_output=True, text=True
-    )
-    assert plain.returncode == 0, plain.stderr
-    fresh = json.loads(plain.stdout[plain.stdout.index("{") :])
-    # THEN the two templates agree but for the deploy's token and time: the same code package,
-    # byte for byte (its sha is in every step's environment)
-    assert manifests.deployed_difference(fresh, served) is None
-
-    def code_sha(template):
-        start = next(t for t in template["spec"]["templates"] if t["name"] == "start")
-        env = {e["name"]: e.get("value") for e in start["container"]["env"]}
-        return env["METAFLOW_CODE_SHA"]
-
-    assert code_sha(served) == code_sha(fresh)
-
-
-def test_a_compile_that_fails_is_reported_with_what_the_flow_printed(environ, tmp_path):
-    from torchperf.backends.argo import package_path
-    from torchperf.backends.compile_server import CompileFailed, CompileServer
-
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    server = CompileServer(environ, ROOT, scratch)
-    try:
-        with pytest.raises(CompileFailed, match="no such option: --no-such-option"):
-            server.compile(str(package_path("torchtest.py")), ["--no-such-option"])
-    finally:
-        server.close()
-    assert list(scratch.iterdir()) == []  # nothing left behind

@@ -237,37 +237,70 @@ def test_redaction_hides_credentials_and_keeps_the_rest():
     assert "s3://b/code" in text and '"me"' in text
 
 
-def _compiled(token: str, when: str, parameter_file: str, cpu: str = "1") -> dict:
-    """The parts of a compiled template that differ between two compiles of one variant."""
-    command = (
-        f"python -m metaflow.plugins.argo.set_parameters {parameter_file} x && . {parameter_file}"
-    )
-    annotations = {"metaflow/production_token": token, "metaflow/deployment_timestamp": when}
-    version = json.dumps({"production_token": token})
+def analytics_template(triggers='[{"name": "torchperf_t", "type": "event"}]'):
     return {
-        "metadata": {"name": "wt", "annotations": annotations},
-        "spec": {
-            "podMetadata": {"annotations": {"metaflow/deployment_timestamp": when}},
-            "templates": [{"name": "start", "container": {
-                "command": ["bash", "-c", command],
-                "env": [{"name": "METAFLOW_VERSION", "value": version}],
-                "resources": {"requests": {"cpu": cpu}},
-            }}],
+        "metadata": {
+            "name": "a",
+            "annotations": {
+                "metaflow/branch_name": "test.t_analytics",
+                "metaflow/triggers": triggers,
+                "metaflow/sensor_name": "torchperf-test-tanalytics-sweepanalyticsflow",
+            },
+        }
+    }
+
+
+def test_the_analytics_template_must_start_on_the_sweeps_event_only():
+    assert manifests.trigger_problems(analytics_template(), "torchperf_t", "t_analytics") == []
+    two = '[{"name": "torchperf_t", "type": "event"}, {"name": "other", "type": "event"}]'
+    assert (
+        "not ['torchperf_t']"
+        in manifests.trigger_problems(analytics_template(two), "torchperf_t", "t_analytics")[0]
+    )
+    assert manifests.trigger_problems(analytics_template("[]"), "torchperf_t", "t_analytics")
+
+
+def test_the_sensor_is_found_by_the_templates_annotations():
+    name = "torchperf-test-tanalytics-sweepanalyticsflow"
+    assert manifests.sensor_of(analytics_template(), "ns") == ("ns", name)
+    elsewhere = analytics_template()
+    elsewhere["metadata"]["annotations"]["metaflow/sensor_namespace"] = "argo-events"
+    assert manifests.sensor_of(elsewhere, "ns") == ("argo-events", name)
+
+
+def held_sensor():
+    """A Sensor as the API holds it once the Argo Events controller has taken it over."""
+    fields = [{"name": "name", "path": "body.payload.name"}]
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Sensor",
+        "metadata": {
+            "name": "s", "namespace": "ns", "uid": "u", "resourceVersion": "7", "generation": 1,
+            "creationTimestamp": "2026-12-02T10:00:00Z", "finalizers": ["sensor-controller"],
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}],
         },
+        "spec": {
+            "dependencies": [{"name": "d", "eventSourceName": "src", "eventName": "e",
+                              "filters": {"exprs": [{"expr": "name == 'x'", "fields": fields}]}}],
+            "triggers": [],
+        },
+        "status": {"conditions": [{"type": "Deployed", "status": "True"}]},
     }  # fmt: skip
 
 
-def test_a_deploy_differs_from_its_validated_compile_only_where_a_deploy_must():
-    validated = _compiled("__PLACEHOLDER_PRODUCTION_TOKEN__", "2026-12-02T10:00", "abcdefghij")
-    deployed = _compiled("torchperf-x-tok123", "2026-12-02T10:05", "zyxwvutsrq")
-    deployed["metadata"].update(resourceVersion="7", uid="u", creationTimestamp="now")
-    assert manifests.deployed_difference(validated, deployed) is None
+def test_what_the_api_holds_passes_with_the_servers_and_controllers_additions():
+    # finalizers, managed fields and a status come from the server and the controller
+    manifests.validate_sensor(held_sensor(), held=True)
+    # ... and so may a field newer than hera's models (admission, CRD defaulting)
+    newer = held_sensor()
+    newer["spec"]["dependencies"][0]["newerField"] = True
+    manifests.validate_sensor(newer, held=True)
+    with pytest.raises(ConfigError, match="newerField"):
+        manifests.validate_sensor(newer)  # what we compile ourselves is checked strictly
 
 
-def test_any_other_difference_in_the_deployed_template_is_named():
-    validated = _compiled("__PLACEHOLDER_PRODUCTION_TOKEN__", "t0", "abcdefghij")
-    deployed = _compiled("torchperf-8f3a2c91", "t1", "zyxwvutsrq", cpu="2")
-    assert manifests.deployed_difference(validated, deployed) == (
-        "spec.templates[0].container.resources.requests.cpu"
-    )
-    assert manifests.deployed_difference(validated, None) == "nothing was deployed under that name"
+def test_what_the_api_holds_must_still_have_the_right_types():
+    wrong = held_sensor()
+    wrong["spec"]["dependencies"] = "not a list"
+    with pytest.raises(ConfigError, match="dependencies"):
+        manifests.validate_sensor(wrong, held=True)

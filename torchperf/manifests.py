@@ -95,20 +95,35 @@ def import_models() -> None:
     import hera.workflows.models  # noqa: F401
 
 
-def validate_workflow_template(template: Mapping) -> None:
-    """Strict check against hera's WorkflowTemplate model (no unknown field anywhere)."""
+def _as_held(document: Mapping, held: bool) -> dict:
+    """``document`` without nulls; as the API holds it (``held``), without what the server and the
+    controllers own: its status. Their other additions (finalizers, managed fields, defaulted
+    fields) are left to hera's models, which ignore fields they do not know for a held object."""
+    document = strip_nulls(copy.deepcopy(dict(document)))
+    if held:
+        document.pop("status", None)
+    return document
+
+
+def validate_workflow_template(template: Mapping, *, held: bool = False) -> None:
+    """Check against hera's WorkflowTemplate model: strictly (no unknown field anywhere) for what
+    we compiled, tolerantly for what the API holds (``held``: admission, defaulting and newer
+    Kubernetes fields may add what hera does not know; types and required fields still count)."""
     from hera.workflows.models import WorkflowTemplate
     from pydantic import ValidationError
 
     try:
-        WorkflowTemplate.model_validate(strip_nulls(dict(template)), extra="forbid")
+        WorkflowTemplate.model_validate(
+            _as_held(template, held), extra="ignore" if held else "forbid"
+        )
     except ValidationError as error:
         name = template.get("metadata", {}).get("name")
         raise ConfigError(f"WorkflowTemplate {name}: {_first_error(error)}") from None
 
 
-def validate_sensor(sensor: Mapping) -> None:
-    """Strict check against hera's Sensor model.
+def validate_sensor(sensor: Mapping, *, held: bool = False) -> None:
+    """Check against hera's Sensor model, strictly or, for what the API holds, tolerantly (see
+    validate_workflow_template).
 
     hera's events models omit three things Argo Events accepts: ``apiVersion``/``kind`` at the
     top, the sensor container's ``name``, and a typed trigger resource (hera keeps it as opaque
@@ -118,7 +133,8 @@ def validate_sensor(sensor: Mapping) -> None:
     from hera.workflows.models import Workflow
     from pydantic import ValidationError
 
-    document = strip_nulls(copy.deepcopy(dict(sensor)))
+    document = _as_held(sensor, held)
+    extra = "ignore" if held else "forbid"
     name = document.get("metadata", {}).get("name")
     if (document.pop("apiVersion", None), document.pop("kind", None)) != (
         "argoproj.io/v1alpha1",
@@ -131,8 +147,8 @@ def validate_sensor(sensor: Mapping) -> None:
             for action in ("k8s", "argoWorkflow"):
                 source = trigger.get("template", {}).get(action, {}).get("source", {})
                 if "resource" in source:
-                    Workflow.model_validate(source.pop("resource"), extra="forbid")
-        Sensor.model_validate(document, extra="forbid")
+                    Workflow.model_validate(source.pop("resource"), extra=extra)
+        Sensor.model_validate(document, extra=extra)
     except ValidationError as error:
         raise ConfigError(f"Sensor {name}: {_first_error(error)}") from None
 
@@ -185,6 +201,29 @@ def variant_problems(
     return problems
 
 
+def trigger_problems(template: Mapping, event: str, branch: str) -> list[str]:
+    """What is wrong with the analytics flow's template: it must start on the sweep's event only
+    (Metaflow compiles its Sensor from the triggers the template names)."""
+    problems = []
+    if _annotations(template).get("metaflow/branch_name") != f"test.{branch}":
+        problems.append(f"branch is {_annotations(template).get('metaflow/branch_name')}, "
+                        f"not test.{branch}")  # fmt: skip
+    triggers = json.loads(_annotations(template).get("metaflow/triggers") or "[]")
+    if [t.get("name") for t in triggers] != [event]:
+        problems.append(f"it starts on events {[t.get('name') for t in triggers]}, not [{event!r}]")
+    return problems
+
+
+def sensor_of(template: Mapping, default_namespace: str) -> tuple[str, str]:
+    """(namespace, name) of the Sensor Metaflow deployed beside a ``@trigger`` flow's template,
+    as the template's annotations name it."""
+    annotations = _annotations(template)
+    name = annotations.get("metaflow/sensor_name")
+    if not name:
+        raise ConfigError(f"WorkflowTemplate {template['metadata']['name']} names no Sensor")
+    return annotations.get("metaflow/sensor_namespace") or default_namespace, name
+
+
 def sensor_problems(sensor: Mapping | None, event: str, branch: str) -> list[str]:
     """What is wrong with the analytics flow's Sensor: it must listen to the sweep's event only."""
     if not sensor:
@@ -204,73 +243,6 @@ def sensor_problems(sensor: Mapping | None, event: str, branch: str) -> list[str
     if not sensor.get("spec", {}).get("dependencies"):
         problems.append("sensor has no dependency")
     return problems
-
-
-# Fields the API server adds to what it stores.
-SERVER_FIELDS = ("creationTimestamp", "generation", "managedFields", "resourceVersion", "uid")
-# Annotations whose values a deploy sets apart from the compile that was validated: when it was
-# compiled, and the production token (``create --only-json`` puts a placeholder). Each value
-# also appears elsewhere (pod metadata, env values holding JSON).
-DEPLOY_TIME_ANNOTATIONS = ("metaflow/deployment_timestamp", "metaflow/production_token")
-# The file the start step writes the flow's parameters to has a random name per compile.
-PARAMETER_FILE = re.compile(r"argo\.set_parameters ([a-z]{10}) ")
-
-
-def _first_difference(a, b, where: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if key not in a or key not in b:
-                return f"{where}.{key}".lstrip(".")
-            found = _first_difference(a[key], b[key], f"{where}.{key}")
-            if found:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return f"{where} (length {len(a)} vs {len(b)})".lstrip(".")
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = _first_difference(x, y, f"{where}[{index}]")
-            if found:
-                return found
-        return None
-    return None if a == b else where.lstrip(".") or "the document"
-
-
-def _replace_in_values(document, replace):
-    """A copy with ``replace`` applied to every string value (keys left alone)."""
-    if isinstance(document, dict):
-        return {k: _replace_in_values(v, replace) for k, v in document.items()}
-    if isinstance(document, list):
-        return [_replace_in_values(v, replace) for v in document]
-    return replace(document) if isinstance(document, str) else document
-
-
-def deployed_difference(validated: Mapping, deployed: Mapping | None) -> str | None:
-    """Where the manifest the API holds differs from the one validated (None: it does not).
-
-    The values of DEPLOY_TIME_ANNOTATIONS and the parameter file's name count as equal wherever
-    they appear, and the fields the API server adds to metadata are left out; everything else
-    must be equal.
-    """
-    if not deployed:
-        return "nothing was deployed under that name"
-    deployed = strip_nulls(copy.deepcopy(dict(deployed)))
-    for field in SERVER_FIELDS:
-        deployed.get("metadata", {}).pop(field, None)
-    validated = strip_nulls(dict(validated))
-    pairs = [
-        (_annotations(deployed).get(key), _annotations(validated).get(key))
-        for key in DEPLOY_TIME_ANNOTATIONS
-    ]
-    was, now = (
-        PARAMETER_FILE.search(json.dumps(validated)),
-        PARAMETER_FILE.search(json.dumps(deployed)),
-    )
-    pairs += [(now[1], was[1])] if was and now else []
-    for now, was in pairs:
-        if now and was and now != was:
-            deployed = _replace_in_values(deployed, lambda text, a=now, b=was: text.replace(a, b))
-    return _first_difference(validated, deployed)
 
 
 def redact(document):

@@ -5,46 +5,40 @@ analytics flow and submits every pending variant to a pool of ``max_parallel`` t
 ``run_variant`` then only waits for its own variant's future (one not planned, from a sweeper
 that chooses values as it goes, is submitted when it comes).
 
-The preflight compiles every manifest in a compile server (compile_server.py: Metaflow imported
-once, a forked child per flow compile, as many at once as there are cores); Metaflow's Deployer
-creates, with this backend's settings in ``env=``, its ``python FLOW.py ... create`` run in a
-forked child of the same server (fork_launcher.py stands in for ``python``), and what it
-created is read back and compared with what the preflight validated before anything is
-triggered. Both start the flows by their links in ``.deploy/``, so that the code package holds
-what the pods need (the two flows and ``torchperf/``; Metaflow adds itself and the card
-extension) instead of a walk over the project root. Trigger, status, terminate and delete are
-single Kubernetes API calls made here, the requests Metaflow itself sends, so that no variant
-waits for a Python start-up to begin or end.
+A variant's life: Metaflow's public ``Deployer(...).argo_workflows().create(...)`` creates its
+WorkflowTemplate (in a worker process: argo_deploy.py); what the API then holds is checked
+against our invariants and hera's models; a Workflow is started from it, watched, and the
+template deleted once it has ended. Trigger, status, terminate and delete are single
+Kubernetes API calls made here, the requests Metaflow itself sends, so that no variant waits
+for a Python start-up to begin or end. A dry run compiles every template with
+``create(only_json=True)`` and checks it the same way, with nothing sent to Kubernetes.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import functools
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from torchperf import manifests
+from torchperf.backends.argo_deploy import Create, Created, DeployFailed, DeployPool
 from torchperf.backends.base import ROOT, Outcome, SweepSpec, start_path
-from torchperf.backends.compile_server import CompileFailed, CompileServer
 from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
-from torchperf.settings import ConfigError, VariantSettings
+from torchperf.settings import ConfigError, VariantSettings, parse_variant_config
 
 # Links to what the pods import: the two flows and torchperf/. Metaflow packages the directory
 # of the flow file it is started by (following links), and the project root holds .venv and
-# the .metaflow datastore: tens of thousands of files walked for every compile.
+# the .metaflow datastore: tens of thousands of files walked for every create.
 PACKAGE_DIR = ROOT / ".deploy"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 RUNNING = ("Pending", "Running")
@@ -288,13 +282,13 @@ class Argo:
                 return None
             raise
 
-    def template(self, name: str) -> dict | None:
-        """The WorkflowTemplate as the API holds it (None: there is none)."""
-        return self._get("workflowtemplates", name)
-
-    def sensor(self, namespace: str, name: str) -> dict | None:
-        """The Sensor as the API holds it (None: there is none), in its own namespace."""
-        return self._get("sensors", name, namespace)
+    def label(self, plural: str, name: str, labels: dict, namespace: str | None = None) -> dict:
+        """Add ``labels`` to one object; the object as the API then holds it."""
+        return self._call(
+            "patch_namespaced_custom_object",
+            GROUP, VERSION, namespace or self.namespace, plural, name,
+            {"metadata": {"labels": labels}},
+        )  # fmt: skip
 
     def phase(self, name: str) -> tuple[str, str]:
         """(phase, message); Error counts as Failed, as Metaflow reports it."""
@@ -330,16 +324,18 @@ class Argo:
         )
         return created["metadata"]["name"]
 
-    def dress_template(self, template: str, look: WorkflowLook) -> None:
+    def dress_template(self, template: str, look: WorkflowLook) -> dict:
         """Give every Workflow started from ``template`` (by a Sensor too) the look's labels,
-        annotations, TTL and pod GC: Argo copies ``workflowMetadata`` onto each Workflow."""
+        annotations, TTL and pod GC (Argo copies ``workflowMetadata`` onto each Workflow), and
+        the template the sweep's label; the template as the API then holds it."""
         patch = {
+            "metadata": {"labels": {TAG_LABEL: look.labels[TAG_LABEL]}},
             "spec": {
                 "workflowMetadata": {"labels": look.labels, "annotations": look.annotations},
                 **look.spec,
-            }
+            },
         }
-        self._call(
+        return self._call(
             "patch_namespaced_custom_object",
             GROUP, VERSION, self.namespace, "workflowtemplates", template, patch,
         )  # fmt: skip
@@ -404,36 +400,6 @@ def analytics_title(tag: str) -> tuple[str, str]:
     )
 
 
-@functools.cache
-def _launching_manager():
-    """Metaflow's SubprocessManager, with ``python`` commands started by another command line:
-    the class, made on first use (Metaflow is imported only where the backend needs it)."""
-    from metaflow.runner.subprocess_manager import SubprocessManager
-
-    class LaunchingSubprocessManager(SubprocessManager):
-        def __init__(self, launcher: list[str]):
-            # Not SubprocessManager's own: it takes SIGINT from the sweep (or warns, off the
-            # main thread); Ctrl-C reaches the launcher and the server's child by itself.
-            self.commands = {}
-            self.launcher = launcher
-
-        def run_command(self, command, env=None, cwd=None, show_output=False):
-            if command and command[0] == sys.executable:
-                command = [*self.launcher, *command[1:]]
-            return super().run_command(command, env=env, cwd=cwd, show_output=show_output)
-
-    return LaunchingSubprocessManager
-
-
-@dataclasses.dataclass
-class Planned:
-    """One variant as compiled in preflight."""
-
-    variant: Variant
-    settings: VariantSettings
-    template: dict
-
-
 class ArgoBackend:
     """The Backend protocol on Argo Workflows (see torchperf/backends/base.py)."""
 
@@ -471,26 +437,19 @@ class ArgoBackend:
         self._user = self.environ.get("METAFLOW_USER") or self.environ.get("USER") or "torchperf"
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
-        self._deploy_slots = threading.Semaphore(self.deploy_workers)
-        self._planned: dict[str, Planned] = {}
         self._futures: dict[str, Future] = {}
         self._templates: set[str] = set()  # every WorkflowTemplate this sweep may have created
         self._sensor: tuple[str, str] | None = None  # (namespace, name) of the analytics Sensor
         self._analytics: str | None = None  # the analytics flow's WorkflowTemplate
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # one thread per variant in flight
+        self._deploys: DeployPool | None = None  # the processes Metaflow's creates run in
         self._settings: ArgoSettings | None = None
         self._argo: Argo | None = None
         self._torn_down = False
         self._sweep_tag: str | None = None  # known from preflight on: the label to select by
-        # One per image, from preflight to teardown: the preflight's compiles and (through
-        # fork_launcher.py) the Deployer's creates run in its forked children.
-        self._compilers: dict[str | None, CompileServer] = {}
-        self._compilers_lock = threading.Lock()
-        self._scratch: Path | None = None
-        self._validated_sensor: dict | None = None
-        self._analytics_template: dict | None = None
+        self._manifests: Path | None = None  # where what was compiled or deployed is written
 
-    # -- preflight ---------------------------------------------------------------------------
+    # -- creates -----------------------------------------------------------------------------
     def _env(self, image: str | None = None) -> dict:
         env = {**self.environ, **self._settings.env}
         if image:
@@ -501,43 +460,38 @@ class ArgoBackend:
         """A CUDA variant may run in an image of its own; every other step in ``image``."""
         return self.cuda_image if settings.device == "cuda" and self.cuda_image else None
 
-    def _deployer(self, flow_file: str, branch: str, config: dict, image: str | None = None):
-        from metaflow import Deployer
-
-        # Metaflow's SubprocessManager, built in the main thread, swaps in a SIGINT handler that
-        # only kills its own children: Ctrl-C would no longer reach the sweep. Keep ours.
-        main = threading.current_thread() is threading.main_thread()
-        handler = signal.getsignal(signal.SIGINT) if main else None
-        try:
-            deployer = Deployer(
-                flow_file,
-                show_output=False,
-                env=self._env(image),
-                cwd=str(ROOT),
-                branch=branch,
-                config_value=[("config", config)],
-            ).argo_workflows()
-            # Its `python FLOW.py ... create` runs in a child of the compile server instead of a
-            # fresh Python: Metaflow's imports are not paid again for every variant.
-            deployer.spm = _launching_manager()(self._compiler(image).launcher)
-            return deployer
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, handler)
-
     def _variant_config(self, sweep: SweepSpec, settings: VariantSettings) -> dict:
         # A file lock only serializes work on one machine; pods have their own CPUs.
         return dataclasses.replace(
             settings, tag=sweep.tag, event=sweep.event, turn=None
         ).as_config()
 
-    def _create_kwargs(self, sweep: SweepSpec, settings: VariantSettings) -> dict:
-        title, description = variant_title(settings, sweep.tag)
-        return {"tags": [sweep.tag], "workflow_title": title, "workflow_description": description}
+    def _submit(self, flow_file, branch, config, title, sweep, image=None, only_json=False):
+        """Metaflow's create of one flow, in a worker process: a future of ``Created``."""
+        title, description = title
+        options = {
+            "tags": [sweep.tag],
+            "workflow_title": title,
+            "workflow_description": description,
+        }
+        request = Create(
+            flow_file, branch, config, self._env(image), str(ROOT), options, only_json
+        )  # fmt: skip
+        return self._deploys.submit(request)
 
-    def _analytics_kwargs(self, sweep: SweepSpec) -> dict:
-        title, description = analytics_title(sweep.tag)
-        return {"workflow_title": title, "workflow_description": description}
+    def _variant_create(
+        self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, only_json=False
+    ) -> Future:
+        return self._submit(
+            self.flow_file, variant.branch, self._variant_config(sweep, settings),
+            variant_title(settings, sweep.tag), sweep, self._image(settings), only_json,
+        )  # fmt: skip
+
+    def _analytics_create(self, sweep: SweepSpec, only_json=False) -> Future:
+        return self._submit(
+            self.analytics_file, analytics_branch(sweep.tag), sweep.analytics_config(),
+            analytics_title(sweep.tag), sweep, only_json=only_json,
+        )  # fmt: skip
 
     def _analytics_look(self, sweep: SweepSpec) -> WorkflowLook:
         return self._look(sweep, "analytics", analytics_title(sweep.tag))
@@ -547,148 +501,132 @@ class ArgoBackend:
             sweep.tag, variant, *title, ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc
         )
 
-    def _compiler(self, image: str | None) -> CompileServer:
-        with self._compilers_lock:
-            if image not in self._compilers:
-                self._compilers[image] = CompileServer(self._env(image), ROOT, self._scratch)
-            return self._compilers[image]
-
-    def _close_compilers(self) -> None:
-        with self._compilers_lock:
-            servers, self._compilers = list(self._compilers.values()), {}
-        for server in servers:
-            server.close()
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-
-    def _compile(self, flow_file: str, branch: str, config: dict, create: dict, image=None):
-        """What ``Deployer(flow_file, branch=, config_value=).create(only_json=True, **create)``
-        compiles, in a child of the compile server: both manifests."""
-        options = [
-            "--quiet", "--no-pylint", "--datastore", self._settings.datastore, "--branch", branch,
-            "--config-value", "config", json.dumps(config),
-            "argo-workflows", "create", "--only-json",
-            *(f"--tag={tag}" for tag in create.get("tags", ())),
-            *(f"--{key.replace('_', '-')}={value}"
-              for key, value in create.items() if key != "tags"),
-        ]  # fmt: skip
-        with self._deploy_slots:
-            return self._compiler(image).compile(flow_file, options)
-
-    def _compile_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
-        try:
-            compiled = self._compile(
-                self.flow_file,
-                variant.branch,
-                self._variant_config(sweep, settings),
-                self._create_kwargs(sweep, settings),
-                self._image(settings),
+    def _close_deploys(self) -> None:
+        """Stop the create workers, once the creates still running have ended (or a grace)."""
+        deploys, self._deploys = self._deploys, None
+        if deploys is None:
+            return
+        late = deploys.close()
+        if late:
+            print(
+                f"warning: {len(late)} create(s) had not ended when the sweep stopped: look for "
+                f"WorkflowTemplates of branch test.{self._sweep_tag}_* left behind",
+                file=sys.stderr,
             )
-        except CompileFailed as error:
-            why = one_line(error)
-            raise ConfigError(f"variant {variant.id} does not compile: {why}") from None
-        template = compiled["workflow_template"]
-        manifests.validate_workflow_template(template)
+
+    # -- checks ------------------------------------------------------------------------------
+    def _template_problem(
+        self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, template, held: bool
+    ) -> str | None:
+        """What is wrong with one variant's template, compiled or as the API holds it."""
+        if not template:
+            return "nothing was deployed under that name"
+        try:
+            manifests.validate_workflow_template(template, held=held)
+        except ConfigError as error:
+            return str(error)
         problems = manifests.variant_problems(
             template, settings, variant.branch, sweep.tag, guaranteed_qos=self.guaranteed_qos
         )
-        if problems:
-            raise ConfigError(f"variant {variant.id}: {problems[0]}")
-        return Planned(variant, settings, template)
+        return problems[0] if problems else None
 
-    def _compile_analytics(self, sweep: SweepSpec) -> dict:
-        branch = analytics_branch(sweep.tag)
+    def _analytics_problem(self, sweep: SweepSpec, template, held: bool) -> str | None:
+        """What is wrong with the analytics template: it must start on the sweep's event only."""
         try:
-            compiled = self._compile(
-                self.analytics_file,
-                branch,
-                sweep.analytics_config(),
-                {"tags": [sweep.tag], **self._analytics_kwargs(sweep)},
-            )
-        except CompileFailed as error:
-            raise ConfigError(f"SweepAnalyticsFlow does not compile: {one_line(error)}") from None
-        manifests.validate_workflow_template(compiled["workflow_template"])
-        manifests.validate_sensor(compiled["sensor"])
-        problems = manifests.sensor_problems(compiled["sensor"], sweep.event, branch)
-        if problems:
-            raise ConfigError(f"SweepAnalyticsFlow: {problems[0]}")
-        return compiled
+            manifests.validate_workflow_template(template, held=held)
+        except ConfigError as error:
+            return str(error)
+        problems = manifests.trigger_problems(template, sweep.event, analytics_branch(sweep.tag))
+        return problems[0] if problems else None
 
+    def _sensor_problem(self, sweep: SweepSpec) -> str | None:
+        """What is wrong with the Sensor the API holds (labelled with the sweep's tag here)."""
+        namespace, name = self._sensor
+        try:
+            held = self._argo.label("sensors", name, {TAG_LABEL: sweep.tag}, namespace)
+        except self._argo.rest.ApiException as error:
+            if error.status != 404:
+                raise
+            return f"its Sensor {namespace}/{name} is not there"
+        manifests.write_manifest(self._manifests / "analytics.sensor.json", held)
+        try:
+            manifests.validate_sensor(held, held=True)
+        except ConfigError as error:
+            return str(error)
+        problems = manifests.sensor_problems(held, sweep.event, analytics_branch(sweep.tag))
+        return problems[0] if problems else None
+
+    # -- preflight ---------------------------------------------------------------------------
     def preflight(self, sweep: SweepSpec) -> None:
-        """Settings, then every manifest compiled, validated, checked and written; no cluster."""
+        """Settings and every planned variant's config; a dry run also compiles, checks and
+        writes every template, with nothing sent to Kubernetes."""
         self._settings = resolve_settings(
             self.environ, namespace=self.namespace, image=self.image,
             guaranteed_qos=self.guaranteed_qos, dry_run=sweep.dry_run,
             live_analytics=sweep.live_analytics,
         )  # fmt: skip
         self._sweep_tag = sweep.tag
-        out = Path(sweep.sweep_dir) / "manifests"
-        self._scratch = Path(tempfile.mkdtemp(prefix="torchperf-compile-"))
+        self._manifests = Path(sweep.sweep_dir) / "manifests"
+        manifests.import_models()
+        for variant, settings in sweep.planned:
+            try:  # the flow's own parser, as its create would run it
+                parse_variant_config(json.dumps(self._variant_config(sweep, settings)))
+            except ConfigError as error:
+                raise ConfigError(f"variant {variant.id}: {error}") from None
+        self._deploys = DeployPool(self.deploy_workers)
+        if not sweep.dry_run:
+            self._deploys.warm()  # the workers import Metaflow while the sweep opens
+            return
         try:
-            self._compiler(None)  # starts while hera's models import here (a second each)
-            manifests.import_models()
-            with ThreadPoolExecutor(self.deploy_workers) as pool:
-                analytics = pool.submit(self._compile_analytics, sweep)
-                compiled = [
-                    pool.submit(self._compile_variant, sweep, v, s) for v, s in sweep.planned
-                ]
-                planned = [future.result() for future in compiled]
-                analytics = analytics.result()
-        except BaseException:
-            self._close_compilers()
-            raise
-        if sweep.dry_run:
-            self._close_compilers()
-        self._analytics_template = analytics["workflow_template"]
-        self._validated_sensor = analytics["sensor"]
-        for item in planned:
-            self._planned[item.variant.id] = item
-            self._templates.add(item.template["metadata"]["name"])
-            manifests.write_manifest(
-                out / f"{item.variant.id}.workflowtemplate.json", item.template
-            )
-        self._templates.add(analytics["workflow_template"]["metadata"]["name"])
-        sensor = analytics["sensor"]["metadata"]
-        self._sensor = (sensor.get("namespace") or self._settings.sensor_namespace, sensor["name"])
-        manifests.write_manifest(
-            out / "analytics.workflowtemplate.json", analytics["workflow_template"]
-        )
-        manifests.write_manifest(out / "analytics.sensor.json", analytics["sensor"])
+            self._dry_run(sweep)
+        finally:
+            self._close_deploys()
         for why in self._settings.still_needed:
             print(f"dry run: a deploy also needs: {why}", file=sys.stderr)
 
+    def _dry_run(self, sweep: SweepSpec) -> None:
+        analytics = self._analytics_create(sweep, only_json=True)
+        compiled = [
+            (v, s, self._variant_create(sweep, v, s, only_json=True)) for v, s in sweep.planned
+        ]
+        for variant, settings, future in compiled:
+            template = _compiled(future, f"variant {variant.id}").template
+            why = self._template_problem(sweep, variant, settings, template, held=False)
+            if why:
+                raise ConfigError(f"variant {variant.id}: {why}")
+            manifests.write_manifest(
+                self._manifests / f"{variant.id}.workflowtemplate.json", template
+            )
+        template = _compiled(analytics, "SweepAnalyticsFlow").template
+        why = self._analytics_problem(sweep, template, held=False)
+        if why:
+            raise ConfigError(f"SweepAnalyticsFlow: {why}")
+        manifests.write_manifest(self._manifests / "analytics.workflowtemplate.json", template)
+
     # -- running -----------------------------------------------------------------------------
     def _start(self, sweep: SweepSpec) -> None:
-        """Deploy the analytics flow, then put every planned variant in flight."""
+        """Deploy the analytics flow, check it, then put every pending variant in flight."""
         self._argo = Argo(self._settings)
         atexit.register(self._teardown)  # a last resort if finish is never reached
-        with self._deploy_slots:
-            deployed = self._deployer(
-                self.analytics_file, analytics_branch(sweep.tag), sweep.analytics_config()
-            ).create(tags=[sweep.tag], **self._analytics_kwargs(sweep))
-        self._analytics = deployed.name
-        self._templates.add(deployed.name)
-        why = manifests.deployed_difference(
-            self._analytics_template, self._argo.template(deployed.name)
-        ) or manifests.deployed_difference(self._validated_sensor, self._argo.sensor(*self._sensor))
-        if why:
-            raise RuntimeError(f"SweepAnalyticsFlow as deployed is not what was validated: {why}")
+        try:
+            created = self._analytics_create(sweep).result()
+        except DeployFailed as error:
+            _report_create_failure("SweepAnalyticsFlow", error)
+            raise RuntimeError(f"SweepAnalyticsFlow was not deployed: {one_line(error)}") from None
+        self._analytics = created.name
+        self._templates.add(created.name)
         # Before any event: the Sensor's Workflows take their labels and TTL from the template.
-        self._argo.dress_template(deployed.name, self._analytics_look(sweep))
+        held = self._argo.dress_template(created.name, self._analytics_look(sweep))
+        manifests.write_manifest(self._manifests / "analytics.workflowtemplate.json", held)
+        self._sensor = manifests.sensor_of(held, self._settings.sensor_namespace)
+        why = self._analytics_problem(sweep, held, held=True) or self._sensor_problem(sweep)
+        if why:
+            raise RuntimeError(f"SweepAnalyticsFlow as deployed: {why}")
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="argo-variant")
         # What already succeeded under a resumed tag is not pending: it does not run again.
         # (A spec without a pending list, as the backend's own tests build, runs every one.)
-        pending = {variant.id for variant, _ in sweep.pending} or set(self._planned)
-        for item in self._planned.values():
-            if item.variant.id not in pending:
-                continue
-            self._futures[item.variant.id] = self._pool.submit(
-                self._run,
-                sweep,
-                item.variant,
-                item.settings,
-                self._variant_deployer(sweep, item.variant, item.settings),
-            )
+        for variant, settings in sweep.pending or sweep.planned:
+            self._futures[variant.id] = self._pool.submit(self._run, sweep, variant, settings)
 
     def start(self, sweep: SweepSpec) -> None:
         """The batch is known: deploy and put every pending variant in flight at once."""
@@ -704,76 +642,62 @@ class ArgoBackend:
                 self._start(sweep)
             future = self._futures.get(variant.id)
             if future is None and self._pool is not None and not self._cancelled.is_set():
-                deployer = self._variant_deployer(sweep, variant, settings)
                 future = self._futures[variant.id] = self._pool.submit(
-                    self._run, sweep, variant, settings, deployer
+                    self._run, sweep, variant, settings
                 )
         if future is None or future.cancelled():
-            return Outcome("cancelled", message="the sweep was interrupted")
+            return _interrupted()
         try:
             return future.result()
-        except Exception as error:  # cancelled futures raise CancelledError
-            return Outcome("cancelled", message=one_line(error) or "the sweep was interrupted")
+        except CancelledError:
+            return _interrupted()
 
-    def _variant_deployer(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings):
-        """The variant's Deployer, made where the variant is put in flight (the main thread):
-        made in a pool thread, Metaflow's Deployer warns that it cannot take SIGINT there."""
-        return self._deployer(
-            self.flow_file,
-            variant.branch,
-            self._variant_config(sweep, settings),
-            self._image(settings),
-        )
-
-    def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, deployer):
+    def _run(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
+        """One variant's life: created, checked, started, watched; its template deleted."""
+        if self._cancelled.is_set():
+            return _interrupted()
         try:
-            return self._deploy_and_wait(sweep, variant, settings, deployer)
+            created = self._variant_create(sweep, variant, settings).result()
+        except (CancelledError, BrokenProcessPool):
+            return _interrupted()
+        except DeployFailed as error:
+            if self._cancelled.is_set():
+                return _interrupted()
+            _report_create_failure(variant.id, error)
+            return Outcome("failed", message=f"{variant.id} was not deployed: {one_line(error)}")
+        self._templates.add(created.name)
+        try:
+            return self._check_and_run(sweep, variant, settings, created)
         except Exception as error:
             if self._cancelled.is_set():
-                return Outcome("cancelled", message="the sweep was interrupted")
+                return _interrupted()
             return Outcome("failed", message=f"{variant.id}: {one_line(error)}")
-
-    def _deploy_and_wait(
-        self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, deployer
-    ):
-        if self._cancelled.is_set():
-            return Outcome("cancelled", message="the sweep was interrupted")
-        with self._deploy_slots:
-            deployed = deployer.create(**self._create_kwargs(sweep, settings))
-            self._templates.add(deployed.name)
-        try:
-            if self._cancelled.is_set():
-                return Outcome("cancelled", message="the sweep was interrupted")
-            why = self._deployed_problem(sweep, variant, settings, deployed.name)
-            if why:
-                return Outcome("failed", message=f"{variant.id} as deployed: {why}")
-            look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
-            workflow = self._argo.trigger(deployed.name, self._user, look)
-            # Metaflow names an Argo run after its workflow.
-            return self._wait(sweep, variant, workflow, f"{deployed.flow_name}/argo-{workflow}")
         finally:
             if not self.keep_deployments:
-                self._argo.delete("workflowtemplates", deployed.name)
+                self._delete_template(created.name)
 
-    def _deployed_problem(self, sweep, variant: Variant, settings: VariantSettings, name: str):
-        """What is wrong with the template the API received, before anything runs from it: any
-        difference from the one the preflight validated, or (for a variant the preflight never
-        saw, from a sweeper that chooses as it goes) any check it fails."""
-        deployed = self._argo.template(name)
-        planned = self._planned.get(variant.id)
-        if planned is not None:
-            why = manifests.deployed_difference(planned.template, deployed)
-            return why and f"differs from the validated template at {why}"
-        if deployed is None:
-            return "nothing was deployed under that name"
+    def _check_and_run(
+        self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, created: Created
+    ) -> Outcome:
+        if self._cancelled.is_set():
+            return _interrupted()
+        held = self._argo.label("workflowtemplates", created.name, {TAG_LABEL: sweep.tag})
+        manifests.write_manifest(self._manifests / f"{variant.id}.workflowtemplate.json", held)
+        why = self._template_problem(sweep, variant, settings, held, held=True)
+        if why:
+            return Outcome("failed", message=f"{variant.id} as deployed: {why}")
+        look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
+        workflow = self._argo.trigger(created.name, self._user, look)
+        # Metaflow names an Argo run after its workflow.
+        return self._wait(sweep, variant, workflow, f"{created.flow_name}/argo-{workflow}")
+
+    def _delete_template(self, name: str) -> None:
+        """Delete one template; a failure is reported (teardown tries again), never raised."""
         try:
-            manifests.validate_workflow_template(deployed)
-        except ConfigError as error:
-            return str(error)
-        problems = manifests.variant_problems(
-            deployed, settings, variant.branch, sweep.tag, guaranteed_qos=self.guaranteed_qos
-        )
-        return problems[0] if problems else None
+            self._argo.delete("workflowtemplates", name)
+        except Exception as error:  # noqa: BLE001 - a variant's outcome does not depend on it
+            print(f"warning: WorkflowTemplate {name} not deleted: {one_line(error)}",
+                  file=sys.stderr)  # fmt: skip
 
     def _wait(self, sweep: SweepSpec, variant: Variant, workflow: str, run: str) -> Outcome:
         deadline = time.monotonic() + sweep.variant_timeout_seconds
@@ -799,11 +723,14 @@ class ArgoBackend:
         return Outcome("succeeded", run=run, gflops=gflops, message=why)
 
     def cancel(self) -> None:
-        """Stop everything now: queued variants never start, no event starts another analytics
-        run (the Sensor goes first), running workflows are terminated."""
+        """Stop everything now: queued variants never start, creates in flight stop, no event
+        starts another analytics run (the Sensor goes first), running workflows are
+        terminated."""
         self._cancelled.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._deploys is not None:
+            self._deploys.cancel()
         self._stop_running()
 
     def _stop_running(self) -> None:
@@ -818,7 +745,7 @@ class ArgoBackend:
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         """The final analytics run (unless interrupted), then teardown; its run pathspec."""
         if sweep.dry_run or self._argo is None:
-            self._close_compilers()
+            self._close_deploys()
             return None
         run = None
         try:
@@ -841,27 +768,46 @@ class ArgoBackend:
         return run
 
     def _teardown(self) -> None:
-        """Terminate what still runs and delete every template and the Sensor, unless kept."""
+        """Stop the Sensor and what still runs, let creates in flight end, then delete every
+        template, unless kept."""
         if self._torn_down or self._argo is None:
-            self._close_compilers()
+            self._close_deploys()
             return
         self._torn_down = True
         try:
             self._stop_running()
-            if self.keep_deployments:
-                return
-            for template in sorted(self._templates):
-                self._argo.delete("workflowtemplates", template)
         finally:
-            self._close_compilers()
+            self._close_deploys()  # a create that ends now adds its template to the list
+            if not self.keep_deployments:
+                for template in sorted(self._templates):
+                    self._delete_template(template)
+
+
+def _interrupted() -> Outcome:
+    return Outcome("cancelled", message="the sweep was interrupted")
+
+
+def _compiled(future: Future, what: str) -> Created:
+    """A dry run's compile, or ConfigError with the line Metaflow ended on."""
+    try:
+        return future.result()
+    except DeployFailed as error:
+        raise ConfigError(f"{what} does not compile: {one_line(error)}") from None
+
+
+def _report_create_failure(what: str, error: DeployFailed) -> None:
+    """Metaflow's own lines about a create that failed, on the user's terminal."""
+    lines = "\n".join(f"    {line}" for line in str(error).splitlines())
+    print(f"{what}: Metaflow's create failed:\n{lines}", file=sys.stderr)
 
 
 def _gflops(run: str) -> tuple[float | None, str | None]:
     """The figure the variant's pod measured, read back through the metadata service; or None
     and why not (the result stays safe in Metaflow)."""
     try:
-        from metaflow import Run
+        from metaflow import Run, namespace
 
-        return float(Run(run, _namespace_check=False).data.result["gflops"]), None
+        namespace(None)  # variants run in their own @project branches
+        return float(Run(run).data.result["gflops"]), None
     except Exception as error:  # noqa: BLE001 - a figure we cannot read is not a failed variant
         return None, f"succeeded, but its result is unreadable here: {one_line(error)}"
