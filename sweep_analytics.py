@@ -66,13 +66,13 @@ class SweepAnalyticsFlow(FlowSpec):
         except ConfigError as error:
             sys.exit(f"error: {error}")
         self.rows = seen.rows
-        self.failed = seen.failed
+        self.ended = seen.ended  # failed, timed out, cancelled: with the sweep's reasons
         self.running = seen.running
         self.stats = {"listed": seen.listed, "loaded": seen.loaded, **seen.seconds}
         self.results = analytics.to_frame(analytics.derive(self.rows.values()))
         # A plain string: reading `results` in `end` would import pandas for one line.
         self.progress = analytics.progress_line(
-            tag, len(self.results), len(self.failed), self.config.planned
+            tag, len(self.results), analytics.ended_counts(self.ended), self.config.planned
         )
         # PNG bytes, so that the sweep's report needs neither pandas nor matplotlib.
         self.figures = report.scaling_pngs(self.results.to_dict("records"))
@@ -80,7 +80,7 @@ class SweepAnalyticsFlow(FlowSpec):
             current.card["sweep"],
             tag=tag,
             results=self.results,
-            failed=self.failed,
+            ended=self.ended,
             running=self.running,
             planned=self.config.planned,
             figures=self.figures,

@@ -136,9 +136,35 @@ def test_results_frame_has_the_documented_columns():
     assert analytics.to_frame([]).columns.tolist() == list(analytics.COLUMNS)
 
 
-def test_progress_line_names_planned_and_failed():
-    assert analytics.progress_line("s", 3, 1, 6) == "Sweep `s`: 3 of 6 variants done (1 failed)"
-    assert "of" not in analytics.progress_line("s", 3, 0, None)
+def test_progress_line_names_planned_and_each_way_of_ending_without_a_result():
+    nothing = analytics.ended_counts([])
+    failed = analytics.ended_counts([{"status": "failed"}])
+    assert (
+        analytics.progress_line("s", 3, failed, 6) == "Sweep `s`: 3 of 6 variants done (1 failed)"
+    )
+    assert "of" not in analytics.progress_line("s", 3, nothing, None)
+    # A sweep whose variants all timed out does not read as "0 failed".
+    timed_out = analytics.ended_counts([{"status": "timeout"}, {"status": "timeout"}])
+    assert (
+        analytics.progress_line("s", 0, timed_out, 2)
+        == "Sweep `s`: 0 of 2 variants done (2 timed out)"
+    )
+    both = analytics.ended_counts([{"status": "cancelled"}, {"status": "failed"}])
+    assert analytics.progress_line("s", 1, both, 3).endswith("(1 failed, 1 cancelled)")
+
+
+def test_the_sweeps_mark_on_a_run_gives_its_variant_status_and_reason():
+    tag = analytics.ended_tag(2, 64, "cpu", "timeout", "stopped after 30 s: at 0:30")
+    assert analytics.ended_mark(["sweep_x", tag]) == {
+        "cpu": 2,
+        "tensor_dim": 64,
+        "device": "cpu",
+        "status": "timeout",
+        "reason": "stopped after 30 s: at 0:30",
+    }
+    assert analytics.ended_mark(["sweep_x"]) is None
+    # Metaflow refuses tags over 500 characters: a long reason is cut.
+    assert len(analytics.ended_tag(1, 32, "cuda", "failed", "x" * 1000)) < 500
 
 
 def test_config_derives_the_event_from_the_tag():

@@ -75,7 +75,7 @@ def test_a_repeated_trigger_reads_nothing_and_counts_nothing_twice(tiny_sweep, a
 
 
 def test_nothing_failed_or_left_running(analytics_runs):
-    assert analytics_runs[1].data.failed == []
+    assert analytics_runs[1].data.ended == []
     assert analytics_runs[1].data.running == []
 
 

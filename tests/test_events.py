@@ -84,7 +84,7 @@ def test_announced_runs_come_from_the_event_payloads_metaflow_hands_the_pod():
     [
         (Collected(rows={"TorchPerfFlow/a": {}}), True),
         (Collected(rows={}, running=["TorchPerfFlow/a"]), True),
-        (Collected(rows={}, failed=[{"run": "TorchPerfFlow/a"}]), True),
+        (Collected(rows={}, ended=[{"run": "TorchPerfFlow/a"}]), True),
         (Collected(rows={"TorchPerfFlow/other": {}}), False),
     ],
     ids=["done", "running", "failed", "invisible"],

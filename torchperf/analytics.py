@@ -6,6 +6,7 @@ The pure functions work on plain dicts, one per TorchPerfFlow run, keyed by the 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -177,10 +178,24 @@ def gflops_table(rows: Iterable[dict]) -> tuple[list[int], list[tuple], list[lis
     return cpus, columns, [[value.get((cpu, *column)) for column in columns] for cpu in cpus]
 
 
-def progress_line(tag: str, done: int, failed: int, planned: int | None) -> str:
-    """'N of M variants done (F failed)', or without M where the plan is unknown."""
+# How the statuses of variants that ended without a result read, in the order shown.
+ENDED_TEXT = {"failed": "failed", "timeout": "timed out", "cancelled": "cancelled"}
+
+
+def ended_counts(ended: Iterable[Mapping]) -> dict[str, int]:
+    """How many variants ended without a result, by status (failed, timeout, cancelled)."""
+    counts = dict.fromkeys(ENDED_TEXT, 0)
+    for row in ended:
+        counts[row.get("status") or "failed"] += 1
+    return counts
+
+
+def progress_line(tag: str, done: int, ended: Mapping[str, int], planned: int | None) -> str:
+    """'N of M variants done (F failed, T timed out)', or without M where the plan is unknown;
+    "(0 failed)" when nothing ended without a result."""
     of = f" of {planned}" if planned else ""
-    return f"Sweep `{tag}`: {done}{of} variants done ({failed} failed)"
+    parts = [f"{count} {ENDED_TEXT[status]}" for status, count in ended.items() if count]
+    return f"Sweep `{tag}`: {done}{of} variants done ({', '.join(parts) or '0 failed'})"
 
 
 def to_frame(rows: Iterable[dict]):
@@ -193,6 +208,43 @@ def to_frame(rows: Iterable[dict]):
 # ---- The seam: reading runs through the Metaflow client ------------------------------------
 
 SUCCESSFUL, FAILED, RUNNING = "successful", "failed", "running"
+# A tag the sweep adds to a run that ended without a result: the variant, its status and the
+# reason as JSON after this prefix. A killed run looks the same as a running one to the Metaflow
+# client and may hold no artifact yet (not even its config); only the sweep knows why it ended.
+ENDED_TAG = "torchperf_ended:"
+# Metaflow refuses tags longer than 500 characters.
+REASON_LIMIT = 300
+
+
+def ended_tag(cpu: int, tensor_dim: int, device: str, status: str, reason: str | None) -> str:
+    """The mark of a variant's run that ended without a result."""
+    mark = {"cpu": cpu, "tensor_dim": tensor_dim, "device": device, "status": status}
+    return ENDED_TAG + json.dumps(mark | {"reason": (reason or "")[:REASON_LIMIT]})
+
+
+def mark_ended(pathspec: str, tag: str) -> None:
+    """Add ``tag`` (``ended_tag``) to a run, for the analytics card; a run Metaflow does not
+    know (it never started) is left."""
+    from metaflow import Run, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        run = Run(pathspec)
+    except MetaflowNotFound:
+        return
+    run.add_tags([tag])
+
+
+def ended_mark(tags: Iterable[str]) -> dict | None:
+    """The sweep's mark among a run's tags (cpu, tensor_dim, device, status, reason), or None."""
+    for tag in tags:
+        if tag.startswith(ENDED_TAG):
+            try:
+                return json.loads(tag[len(ENDED_TAG) :])
+            except ValueError:
+                continue
+    return None
 
 
 def run_status(run) -> str:
@@ -228,23 +280,35 @@ def on_branch(run, branches: Collection[str]) -> bool:
 
 @dataclass
 class Collected:
-    """What one aggregation saw: every successful row so far, and the unfinished runs."""
+    """What one aggregation saw: every successful row so far, the runs that ended without a
+    result (failed, timed out, cancelled: with the reason the sweep gave, where it gave one),
+    and the runs still running."""
 
     rows: dict[str, dict]
-    failed: list[dict] = field(default_factory=list)
+    ended: list[dict] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
     listed: int = 0  # runs carrying the tag
     loaded: int = 0  # runs whose artifacts were read this time
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _failed_row(run) -> dict:
-    config = run["start"].task.data.config if "start" in run else {}
+def _ended_row(run, mark: Mapping | None) -> dict:
+    """A run that ended without a result: as the sweep's mark says, else a failed run as its
+    config says (a run that failed before saving its config has no variant to show)."""
+    if mark is None:
+        try:
+            config = run["start"].task.data.config
+        except (KeyError, AttributeError):
+            config = {}
+        mark = {key: config.get(key) for key in ("cpu", "tensor_dim", "device")}
+        mark |= {"status": "failed", "reason": ""}
     return {
         "run": run.pathspec,
-        "cpu": config.get("cpu"),
-        "tensor_dim": config.get("tensor_dim"),
-        "device": config.get("device", "cpu"),
+        "cpu": mark.get("cpu"),
+        "tensor_dim": mark.get("tensor_dim"),
+        "device": mark.get("device") or "cpu",
+        "status": mark.get("status", "failed"),  # failed, timeout or cancelled
+        "reason": mark.get("reason", ""),  # the sweep's one line; "" where it gave none
         "created_at": run.created_at.isoformat(),
     }
 
@@ -286,19 +350,22 @@ def collect(
     listing = time.perf_counter() - started
     unseen = [run for run in listed if run.pathspec not in previous]
     deadline = time.monotonic() + wait_seconds
-    new, failed, running = [], [], []
+    new, ended, running = [], [], []
     while True:
         waiting = []
         for run in unseen:
             status = run_status(run)
-            if status == SUCCESSFUL:
+            mark = ended_mark(run.tags) if status != SUCCESSFUL else None
+            if mark:
+                ended.append(_ended_row(run, mark))
+            elif status == SUCCESSFUL:
                 data = run.data
                 created = run.created_at.isoformat()
                 new.append(
                     row_from_run(run.pathspec, data.config, data.result, created, baseline_cells)
                 )
             elif status == FAILED:
-                failed.append(_failed_row(run))
+                ended.append(_ended_row(run, None))
             elif (in_end_step(run) or on_branch(run, wait_for)) and time.monotonic() < deadline:
                 waiting.append(run)
             else:
@@ -309,11 +376,16 @@ def collect(
         unseen = waiting
     done = latest_per_variant(merge_rows(previous, new).values())
     done_variants = {cell(row) for row in done}
-    # A variant that failed once and then succeeded in a later run is done, not failed.
-    failed = [row for row in failed if cell(row) not in done_variants]
+    # A variant that failed once and then succeeded in a later run is done, not failed; one
+    # that ended without a result more than once counts once, with its newest run.
+    newest: dict[tuple, dict] = {}
+    for row in sorted(ended, key=lambda row: row["created_at"]):
+        if cell(row) not in done_variants:
+            newest[cell(row)] = row
+    ended = list(newest.values())
     return Collected(
         rows=merge_rows(previous, new),
-        failed=failed,
+        ended=ended,
         running=running,
         listed=len(listed),
         loaded=len(new),
@@ -368,7 +440,7 @@ def announced_runs(environ: Mapping[str, str]) -> list[str]:
 def check_visible(announced: Iterable[str], seen: Collected) -> None:
     """An announced run this aggregation cannot see means the pods share no metadata: say so
     instead of drawing a card of "0 of N"."""
-    visible = set(seen.rows) | set(seen.running) | {row["run"] for row in seen.failed}
+    visible = set(seen.rows) | set(seen.running) | {row["run"] for row in seen.ended}
     for run in announced:
         if run not in visible:
             raise ConfigError(

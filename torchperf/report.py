@@ -11,74 +11,184 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from torchperf import stats
-from torchperf.analytics import ENV_FIELDS, cell, gflops_table, progress_line, series
+from torchperf import display
+from torchperf.analytics import (
+    ENDED_TEXT,
+    ENV_FIELDS,
+    cell,
+    ended_counts,
+    gflops_table,
+    progress_line,
+    series,
+)
 from torchperf.bench import NOISY_IQR_RATIO
 from torchperf.plan import series_label
+from torchperf.stats import CONFIDENCE
 
 CARD_ID = "sweep"
 METRICS = ("speedup", "efficiency")
 REPORT_FILES = (*(f"{metric}.png" for metric in METRICS), "report.html")
+# One colour per line, the same in the Vega chart and the matplotlib figures (Tableau 10, the
+# default of both).
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+def colours(rows: Iterable[dict]) -> dict[str, str]:
+    """Each line's colour by its label (n=512, n=512 cuda), in the order of ``series``."""
+    return {series_label(*line): PALETTE[i % len(PALETTE)] for i, line in enumerate(series(rows))}
+
+
+def _finite(value) -> float | None:
+    """JSON has no NaN: a missing bound is null."""
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def vega_spec(rows: Iterable[dict]) -> dict:
-    """Vega-Lite: GFLOP/s against cpu, one line per tensor_dim (and device)."""
+    """Vega-Lite: GFLOP/s against cpu, one line per tensor_dim (and device), each median with
+    its confidence interval as an error bar."""
+    rows = list(rows)
     values = [
-        {"cpu": row["cpu"], "series": series_label(*cell(row)[1:]), "gflops": row["gflops"]}
+        {
+            "cpu": row["cpu"],
+            "series": series_label(*cell(row)[1:]),
+            "gflops": row["gflops"],
+            "low": _finite(row.get("gflops_ci_low")),
+            "high": _finite(row.get("gflops_ci_high")),
+            "figure": figure_text(row),
+        }
         for row in rows
     ]
+    palette = colours(rows)
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "Throughput against cores",
+        "title": "Throughput against cores (bars: the median's confidence interval)",
         "data": {"values": values},
-        "mark": {"type": "line", "point": True},
         "encoding": {
             "x": {
                 "field": "cpu",
                 "type": "quantitative",
                 "title": "cpu (cores)",
-                "axis": {"tickMinStep": 1, "format": "d"},  # whole cores only
+                # Ticks at the measured core counts only: whole numbers, never 1.5.
+                "axis": {"values": sorted({row["cpu"] for row in rows}), "format": "d"},
             },
-            "y": {"field": "gflops", "type": "quantitative", "title": "GFLOP/s (median)"},
-            "color": {"field": "series", "type": "nominal", "title": "tensor_dim (n)"},
-            "tooltip": [
-                {"field": "cpu", "type": "quantitative"},
-                {"field": "series", "type": "nominal", "title": "tensor_dim"},
-                {"field": "gflops", "type": "quantitative", "format": ".1f"},
-            ],
+            "color": {
+                "field": "series",
+                "type": "nominal",
+                "title": "tensor_dim (n)",
+                "scale": {"domain": list(palette), "range": list(palette.values())},
+            },
         },
+        "layer": [
+            {
+                "mark": {"type": "line", "point": True},
+                "encoding": {
+                    "y": {"field": "gflops", "type": "quantitative", "title": "GFLOP/s (median)"},
+                    "tooltip": [
+                        {"field": "cpu", "type": "quantitative"},
+                        {"field": "series", "type": "nominal", "title": "tensor_dim"},
+                        {"field": "figure", "type": "nominal", "title": "GFLOP/s"},
+                    ],
+                },
+            },
+            {
+                "transform": [{"filter": "datum.low != null && datum.high != null"}],
+                "mark": {"type": "errorbar", "ticks": True},
+                "encoding": {
+                    "y": {"field": "low", "type": "quantitative", "title": "GFLOP/s (median)"},
+                    "y2": {"field": "high"},
+                },
+            },
+        ],
         # A fixed size: "container" (Metaflow's default) measures 0 wide in a headless page.
         "width": 500,
         "height": 300,
     }
 
 
+def ratio_interval(row: Mapping, base: Mapping | None) -> tuple[float, float]:
+    """The widest interval of row's median / base's median that their two intervals allow
+    (NaN where either is unknown): a speed-up's uncertainty includes its base's."""
+    bounds = [
+        math.nan if side is None or side.get(key) is None else float(side[key])
+        for side, key in (
+            (row, "gflops_ci_low"),
+            (row, "gflops_ci_high"),
+            (base, "gflops_ci_low"),
+            (base, "gflops_ci_high"),
+        )
+    ]
+    low, high, base_low, base_high = bounds
+    if not base_low > 0:  # NaN or zero: no ratio
+        return math.nan, math.nan
+    return low / base_high, high / base_low
+
+
 def scaling_figure(rows: Sequence[dict], metric: str):
-    """speed-up or efficiency against cpu, one line per tensor_dim (and device), with the ideal
-    line."""
+    """speed-up or efficiency against cpu, one line per tensor_dim (and device), each point with
+    its interval, and the ideal line; the y axis starts at 0."""
     from matplotlib.figure import Figure
 
     # A bare Figure needs no pyplot state and no GUI backend.
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
     cpus = sorted({row["cpu"] for row in rows})
+    palette = colours(rows)
+    top = 1.0
     for dim, device in series(rows):
         line = sorted((r for r in rows if cell(r)[1:] == (dim, device)), key=lambda r: r["cpu"])
-        points = [(r["cpu"], r[metric]) for r in line if not math.isnan(r[metric])]
-        if points:
-            axes.plot(*zip(*points, strict=True), marker="o", label=series_label(dim, device))
+        base = line[0] if line else None
+        points = []
+        for r in line:
+            if math.isnan(r[metric]):
+                continue
+            low, high = ratio_interval(r, base)
+            scale = r[metric] / r["speedup"] if r["speedup"] else math.nan  # 1 or 1 / (cpu/base)
+            points.append((r["cpu"], r[metric], low * scale, high * scale))
+        if not points:
+            continue
+        x, y, low, high = zip(*points, strict=True)
+        below = [
+            max(v - lo, 0.0) if not math.isnan(lo) else 0.0 for v, lo in zip(y, low, strict=True)
+        ]
+        above = [
+            max(hi - v, 0.0) if not math.isnan(hi) else 0.0 for v, hi in zip(y, high, strict=True)
+        ]
+        axes.errorbar(
+            x,
+            y,
+            yerr=[below, above],
+            marker="o",
+            capsize=3,
+            color=palette[series_label(dim, device)],
+            label=series_label(dim, device),
+        )
+        top = max(top, *(v + a for v, a in zip(y, above, strict=True)))
     if cpus:
         base = cpus[0]
         ideal = [cpu / base for cpu in cpus] if metric == "speedup" else [1.0] * len(cpus)
         axes.plot(cpus, ideal, linestyle="--", color="grey", label="ideal")
+        top = max(top, *ideal)
     title, unit = {
         "speedup": ("Speed-up", "x the smallest cpu"),
         "efficiency": ("Parallel efficiency", "speed-up / (cpu / smallest cpu)"),
     }[metric]
-    axes.set_title(title)
+    axes.set_title(f"{title} (bars: confidence interval of the ratio of medians)", fontsize=10)
     axes.set_xlabel("cpu (cores)")
     axes.set_ylabel(f"{title.lower()} ({unit})")
     axes.set_xticks(cpus)
+    # From 0: an axis that starts near the data makes small differences look large.
+    axes.set_ylim(0, top * 1.08)
     axes.grid(alpha=0.3)
     axes.legend(title="tensor_dim")
     return figure
@@ -96,12 +206,8 @@ def scaling_pngs(rows: Sequence[dict]) -> dict[str, bytes]:
 
 def figure_text(row: Mapping) -> str:
     """A row's median to the digits its interval supports, with the interval when known."""
-    low = row.get("gflops_ci_low")
-    if low is None or math.isnan(low):
-        return f"{row['gflops']:.1f}"
-    return stats.describe(
-        row["gflops"], low, row["gflops_ci_high"], row["gflops_ci_level"], unit=""
-    )
+    interval = (row.get("gflops_ci_low"), row.get("gflops_ci_high"), row.get("gflops_ci_level"))
+    return display.figure(row["gflops"], interval, unit="")
 
 
 def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -116,7 +222,8 @@ def _table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
             if row is None:
                 shown.append("-")
                 continue
-            flags = [flag for flag, on in (("noisy", row["noisy"]), ("warning", warned(row))) if on]
+            flags = ["noisy"] if row["noisy"] else []
+            flags += [display.warning_name(w) for w in row["warnings"]] if warned(row) else []
             shown.append(figure_text(row) + "".join(f" ({flag})" for flag in flags))
         body.append([str(cpu), *shown])
     return headers, body
@@ -147,7 +254,7 @@ def baseline_rows(rows: Sequence[dict]) -> list[list[str]]:
                 series_label(*cell(r)[1:]),
                 f"{against['gflops_a']:.1f}",
                 f"{r['gflops']:.1f}",
-                stats.describe(against["ratio"], low, high, stats.CONFIDENCE, unit="x"),
+                display.figure(against["ratio"], (low, high, CONFIDENCE), unit="x"),
                 against["verdict"],
             ]
         )
@@ -159,9 +266,11 @@ def environment_rows(rows: Sequence[dict]) -> list[list[str]]:
     variants were not measured alike (another node type, another image)."""
     body = []
     for key in ENV_FIELDS:
-        seen = sorted({str(env.get(key)) for r in rows if isinstance(env := r.get("env"), Mapping)})
+        envs = [env for r in rows if isinstance(env := r.get("env"), Mapping)]
+        seen = sorted({display.env_value(key, env.get(key)) for env in envs})
         if seen:
-            body.append([key, ", ".join(seen) + (" (differs)" if len(seen) > 1 else "")])
+            label = display.ENV_LABELS.get(key, key)
+            body.append([label, ", ".join(seen) + (" (differs)" if len(seen) > 1 else "")])
     return body
 
 
@@ -170,7 +279,7 @@ def fill_card(
     *,
     tag: str,
     results,
-    failed: Sequence[dict] = (),
+    ended: Sequence[dict] = (),
     running: Sequence[str] = (),
     planned: int | None = None,
     figures: Mapping[str, bytes],
@@ -178,14 +287,19 @@ def fill_card(
 ) -> None:
     """Append the sweep's components to a blank card (``current.card[CARD_ID]``).
 
-    ``figures``: the PNGs of ``scaling_pngs``, shown when there are results.
+    ``ended``: the variants that ended without a result (analytics.Collected.ended), shown with
+    their status and reason as the sweep's summary.json has them. ``figures``: the PNGs of
+    ``scaling_pngs``, shown when there are results.
     """
     from metaflow.cards import Image, Markdown, Table, VegaChart
 
     rows = results.to_dict("records")
-    card.append(Markdown(f"# {progress_line(tag, len(rows), len(failed), planned)}"))
+    counts = ended_counts(ended)
+    card.append(Markdown(f"# {progress_line(tag, len(rows), counts, planned)}"))
     if running:
-        card.append(Markdown(f"{len(running)} variant run(s) not finished yet: next time."))
+        card.append(Markdown(f"{len(running)} variant run(s) still running: shown once they end."))
+    if planned and (missing := planned - len(rows) - len(ended) - len(running)) > 0:
+        card.append(Markdown(f"{missing} planned variant(s) not started yet."))
     if not rows:
         card.append(Markdown("No successful variant yet."))
     else:
@@ -196,6 +310,27 @@ def fill_card(
         # Image(bytes), not Image.from_matplotlib: that one imports pyplot for nothing.
         for png in figures.values():
             card.append(Image(png))
+    # First what did not give a figure: a sweep whose variants all timed out must say so.
+    how = ", ".join(f"{n} {ENDED_TEXT[status]}" for status, n in counts.items() if n)
+    card.append(
+        Markdown(f"## Variants without a result ({len(ended)})" + (f": {how}" if how else ""))
+    )
+    if ended:
+        card.append(
+            Table(
+                [
+                    [
+                        r["cpu"],
+                        series_label(r["tensor_dim"], r.get("device") or "cpu"),
+                        ENDED_TEXT.get(r.get("status") or "failed", r.get("status")),
+                        r.get("reason") or "-",
+                        r["run"],
+                    ]
+                    for r in ended
+                ],
+                headers=["cpu", "tensor_dim", "status", "reason", "run"],
+            )
+        )
     noisy = [r for r in rows if r["noisy"]]
     spread = f"samples spread more than {100 * NOISY_IQR_RATIO:g} %"
     card.append(Markdown(f"## Noisy variants ({len(noisy)}): {spread}"))
@@ -233,17 +368,6 @@ def fill_card(
     if environment:
         card.append(Markdown("## Environment"))
         card.append(Table(environment, headers=["", "value"]))
-    card.append(Markdown(f"## Failed variants ({len(failed)})"))
-    if failed:
-        card.append(
-            Table(
-                [
-                    [r["cpu"], series_label(r["tensor_dim"], r.get("device") or "cpu"), r["run"]]
-                    for r in failed
-                ],
-                headers=["cpu", "tensor_dim", "run"],
-            )
-        )
 
 
 def card_html(run) -> str:

@@ -49,6 +49,8 @@ def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
     return Variant(settings.cpu, settings.tensor_dim, branch, settings.device), settings
 
 
+# Statuses whose runs the sweep marks with the reason (torchperf.analytics.mark_ended).
+ENDED_WITHOUT_RESULT = ("failed", "timeout", "cancelled")
 # Overrides a resumed sweep must not repeat: its own tag, and the folders of this run.
 NOT_RESUMED = ("tag=", "+tag=", "++tag=", "hydra.sweep.dir=", "hydra.run.dir=")
 
@@ -193,8 +195,24 @@ class Sweep:
             outcome.gflops_ci = details.get("gflops_ci")
             outcome.warnings = details.get("warnings")
         self.summary.record(variant, outcome)
+        if outcome.status in ENDED_WITHOUT_RESULT and outcome.run:
+            self._mark(variant, outcome)
         if self.progress:
             self.progress.ended(variant, outcome)
+
+    @staticmethod
+    def _mark(variant: Variant, outcome: Outcome) -> None:
+        """Tell the analytics card why the run ended without a result: Metaflow cannot."""
+        from torchperf.analytics import ended_tag, mark_ended
+
+        v = variant
+        try:
+            mark_ended(
+                outcome.run,
+                ended_tag(v.cpu, v.tensor_dim, v.device, outcome.status, outcome.message),
+            )
+        except Exception as error:  # noqa: BLE001 - the summary holds the reason all the same
+            print(f"warning: {outcome.run} not marked {outcome.status}: {error}", file=sys.stderr)
 
     def close(self, interrupted: bool = False) -> int:
         """Finish once: final analytics, teardown, summary; the process's exit status."""
