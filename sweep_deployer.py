@@ -4,19 +4,16 @@ python sweep_deployer.py -m                              # the default grid, loc
 python sweep_deployer.py -m cpu=1,2 tensor_dim=256,512   # your own grid
 python sweep_deployer.py -m tag=sweep_20261126_...       # resume a sweep
 python sweep_deployer.py -m backend=argo                 # on Argo Workflows
+python sweep_deployer.py --help                          # the settings and the usual commands
 """
 
 import signal
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from torchperf import hydra_app, sweep
-from torchperf.settings import ConfigError
-
-ROOT = Path(__file__).resolve().parent
+from torchperf import hydra_app
 
 
 # conf/config.yaml links to the root config.yaml: with the root itself as the config folder,
@@ -34,14 +31,7 @@ def _terminate(signum, frame):
 
 
 if __name__ == "__main__":
-    try:
-        hydra_app.check_command_line(sys.argv[1:], ROOT)
-    except ConfigError as error:
-        hydra_app.fail(error)
-    hydra_app.register_resolvers()
+    hydra_app.register()
     signal.signal(signal.SIGTERM, _terminate)
-    try:
-        main()  # a batch interrupted by Ctrl-C or SIGTERM is closed by the launcher first
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(sweep.last_exit_status())
+    # A batch interrupted by Ctrl-C or SIGTERM is closed by the launcher first.
+    sys.exit(hydra_app.run_command(main, sys.argv[1:]))

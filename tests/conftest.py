@@ -78,9 +78,9 @@ def compose_config():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from torchperf.hydra_app import register_resolvers
+    from torchperf.hydra_app import register
 
-    register_resolvers()
+    register()
 
     def _compose(*overrides: str):
         GlobalHydra.instance().clear()

@@ -1,5 +1,6 @@
-"""Hydra's own flags on sweep_deployer.py, in a subprocess: nothing runs, each answers as Hydra
-does, and the one-line check of unknown keys still comes first."""
+"""sweep_deployer.py's command line: Hydra's own flags answer as Hydra does (in a subprocess);
+bad input gets one line, exit status 2 and no folder left behind (in this process, through the
+entry point's own run_command and @hydra.main function)."""
 
 import os
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from torchperf import hydra_app
+from torchperf.settings import ConfigError
 
 
 def deployer(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
@@ -74,3 +77,153 @@ def test_unknown_keys_still_get_one_line_alongside_flags():
         line for line in done.stderr.strip().splitlines() if line.startswith("error:")
     ]
     assert "cpux" in done.stderr
+
+
+def test_flags_that_cannot_go_together_get_one_line():
+    done = deployer("-m", "--cfg", "job")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --cfg and -m cannot go together: --cfg and --info show one run's config "
+        "(drop -m), -m runs the sweep"
+    ]
+
+
+def test_an_override_hydra_cannot_read_gets_one_line():
+    done = deployer("tag=bad tag!")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot read 'tag=bad tag!'") and "override_grammar" in line
+
+
+def test_help_names_the_usual_commands():
+    done = deployer("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("sweep_deployer.py -m", "tag=", "new_tag=true", "dry_run=true", "compare"):
+        assert command in done.stdout, command
+    assert "tensor_dim: 1024" in done.stdout  # and the settings, as Hydra shows them
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["-m", "--info"], "error: --info and -m cannot go together"),
+        (["--cfg", "job", "--info"], "error: --cfg and --info cannot go together"),
+        (["--resolve"], "error: --resolve goes with --cfg or --help"),
+    ],
+)
+def test_flag_check(arguments, expected):
+    with pytest.raises(ConfigError, match=expected.removeprefix("error: ")):
+        hydra_app.check_flags(arguments)
+
+
+def test_flag_check_passes_one_command_and_any_overrides():
+    hydra_app.check_flags(["-m", "cpu=1,2", "hydra.sweep.dir=x"])
+    hydra_app.check_flags(["--cfg", "job", "--resolve", "-cn", "config"])
+
+
+@pytest.fixture
+def command(monkeypatch, tmp_path, capsys):
+    """``command(*arguments)``: sweep_deployer.py's run in this process, from an empty folder;
+    (exit status, stderr's lines, what the command left in the folder)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import sweep_deployer
+
+    hydra_app.register()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # run_command sets it; restored after
+
+    def _run(*arguments):
+        monkeypatch.setattr(sys, "argv", ["sweep_deployer.py", *arguments])
+        GlobalHydra.instance().clear()
+        capsys.readouterr()
+        try:
+            status = hydra_app.run_command(sweep_deployer.main, list(arguments))
+        except SystemExit as exited:  # a single run's refusal exits from inside Hydra's job
+            status = exited.code
+        finally:
+            GlobalHydra.instance().clear()
+        lines = capsys.readouterr().err.strip().splitlines()
+        left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+        return status, lines, left
+
+    yield _run
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["cpux=1"], "unknown setting 'cpux'; known: backend, baseline, cpu,"),
+        (["-m", "cpux=1,2"], "unknown setting 'cpux'"),
+        (["+colour=red"], "unknown setting 'colour'"),
+        (["-m", "backend=argo", "backend.paralel=3"], "unknown setting 'backend.paralel'"),
+        (["backend=gcp"], "backend=gcp is unknown; choose one of: argo, local"),
+        (["-m", "backend=local,gcp"], "backend=gcp is unknown; choose one of: argo, local"),
+        (["cpu=two"], "cpu=two must be a whole number"),
+        (["-m", "cpu=1,x"], "cpu=x must be a whole number"),
+        (["-m", "measure_seconds=soon"], "measure_seconds=soon must be a number"),
+        (["dry_run=no"], "dry_run=no must be true or false"),
+        (["-m", "dry_run=yes"], "dry_run=yes must be true or false"),
+        (["-m", "dry_run=true,1"], "dry_run=1 must be true or false"),
+        (["live_analytics=maybe"], "live_analytics=maybe must be true or false"),
+        (["-m", "live_analytics=off"], "live_analytics=off must be true or false"),
+        (["variant_timeout_seconds=0"], "variant_timeout_seconds=0 must be above 0"),
+        (["-m", "variant_timeout_seconds=-5"], "variant_timeout_seconds=-5 must be above 0"),
+        (["-m", "tag=sweep_no_such_sweep"], "tag=sweep_no_such_sweep names no earlier sweep"),
+        (["new_tag=true"], "new_tag=true needs tag="),
+        (["-m", "tag=Bad"], "tag='Bad' must be 1-40 lowercase letters"),
+        (["-m", "cpu=1,999"], "cpu=999 exceeds the"),
+        (["cpu=999"], "cpu=999 exceeds the"),
+        (["-m", "tensor_dim=2048", "memory_mb=10"], "needs 48.0 MiB"),
+        (["cpu=1,2"], "Ambiguous value for argument 'cpu=1,2'"),
+    ],
+)
+def test_bad_input_gets_one_line_exit_2_and_leaves_no_folder(command, arguments, message):
+    status, lines, left = command(*arguments)
+    assert status == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert message in lines[0]
+    assert left == []  # neither multirun/<date>/<time>/ nor outputs/
+
+
+def test_a_rejected_sweep_keeps_the_folders_of_other_sweeps(command, tmp_path):
+    earlier = tmp_path / "multirun" / "2026-01-01" / "00-00-00-000000"
+    earlier.mkdir(parents=True)
+    (earlier / "multirun.yaml").write_text("{}")
+    status, _, left = command("-m", "cpu=1,999", "hydra.sweep.dir=multirun/2026-01-01/later")
+    assert status == 2
+    assert left == ["multirun", "multirun/2026-01-01", *[f"multirun/2026-01-01/{earlier.name}"],
+                    f"multirun/2026-01-01/{earlier.name}/multirun.yaml"]  # fmt: skip
+
+
+def test_a_given_tag_resumes_the_sweep_that_carries_it(command, tiny_sweep):
+    tag = tiny_sweep["tag"]
+    status, lines, _ = command("-m", f"tag={tag}", "dry_run=true", "cpu=1", "tensor_dim=32")
+    assert status == 0, lines
+    status, lines, _ = command("-m", f"tag={tag}", "new_tag=true", "cpu=1", "tensor_dim=32")
+    assert status == 2
+    assert lines == [
+        f"error: tag={tag} already names a sweep (3 runs): drop new_tag=true to resume it"
+    ]
+
+
+def test_new_tag_names_a_new_sweep_on_purpose(command, tmp_path):
+    status, lines, left = command(
+        "-m", "tag=sweep_new_on_purpose", "new_tag=true", "dry_run=true", "cpu=1", "tensor_dim=32"
+    )
+    assert status == 0, lines
+    assert any(path.endswith("summary.json") for path in left)
+
+
+@pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
+def test_a_study_whose_trials_all_failed_ends_in_one_line(command, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
+    from tests.test_sweep import FakeBackend
+    from torchperf import sweep
+
+    backend = FakeBackend(fail={(cpu, 32) for cpu in range(1, 65)})
+    monkeypatch.setattr(sweep, "make_backend", lambda name, options: backend)
+    status, lines, _ = command("-m", "sweep=optuna", "hydra.sweeper.n_trials=2", "tensor_dim=32")
+    assert status == 1
+    assert lines[-1] == "error: no trial succeeded: the study has no best value"
+    assert len([call for call in backend.calls if call[0] == "run"]) == 2  # both were tried

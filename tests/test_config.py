@@ -2,24 +2,29 @@
 
 import re
 
+import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
 from tests.conftest import ROOT
 from torchperf.hydra_app import cpu_grid
+from torchperf.plan import grid
 from torchperf.settings import DEFAULT_VARIANT, usable_cores, validate_variant
 
 
 def grid_of(config):
-    """The jobs Hydra's basic sweeper makes of a composed config's sweeper params."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The jobs Hydra's basic sweeper makes of a composed config's sweeper params: the
+    cartesian product of each key's values, read with Hydra's override parser."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True)
-    parser = OverridesParser.create()
-    (jobs,) = BasicSweeper.split_arguments(
-        parser.parse_overrides([f"{k}={v}" for k, v in params.items()]), None
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return grid(
+        {
+            o.key_or_group: list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+            for o in overrides
+        }
     )
-    return [{ov.key_or_group: ov.value() for ov in parser.parse_overrides(job)} for job in jobs]
 
 
 def test_defaults_are_a_valid_variant_on_the_local_backend(compose_config):
@@ -64,7 +69,30 @@ def test_every_setting_has_a_comment():
                 assert "#" in line, f"{path.name}: {line!r} has no comment"
 
 
-def test_command_line_check_knows_every_backend_setting():
-    from torchperf.hydra_app import check_command_line
+def test_every_backend_setting_can_be_set_and_no_other(compose_config):
+    from hydra.errors import ConfigCompositionException
 
-    check_command_line(["-m", "backend=argo", "backend.max_parallel=8", "sweep=smoke"], ROOT)
+    config = compose_config("backend=argo", "backend.max_parallel=8", "sweep=smoke")
+    assert config.backend.max_parallel == 8
+    with pytest.raises(ConfigCompositionException):
+        compose_config("backend=argo", "backend.paralel=8")
+
+
+def test_the_schema_types_every_root_setting(compose_config):
+    from torchperf.schema import SETTINGS
+
+    config = compose_config()
+    assert sorted(key for key in config if key != "hydra") == sorted(SETTINGS)
+    assert OmegaConf.get_type(config) is not dict  # typed by the schema, not a plain dict
+    config.dry_run = "no"  # OmegaConf converts words to the field's type...
+    assert config.dry_run is False  # ...which is why run_command checks the command's words
+    with pytest.raises(ValidationError):
+        config.cpu = "two"
+
+
+def test_optuna_preset_tries_only_this_machines_cpu_counts(compose_config):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
+    config = compose_config("sweep=optuna")
+    cores = len(usable_cores())
+    assert config.hydra.sweeper.params.cpu == f"choice({cpu_grid(cores)})"
+    assert config.hydra.sweeper.max_failure_rate == 1.0  # a failed trial leaves the study going

@@ -9,14 +9,15 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_sweep import FakeBackend
 from torchperf import sweep as sweep_module
-from torchperf.hydra_app import register_resolvers
+from torchperf.hydra_app import register
+from torchperf.settings import ConfigError
 from torchperf.summary import FILENAME
 
 
 @pytest.fixture
 def multirun(hydra_sweep_runner, monkeypatch, tmp_path):
     """Run ``sweep_deployer``'s config as a multirun in this process, on ``backend``."""
-    register_resolvers()
+    register()
 
     def _run(backend, *overrides):
         monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
@@ -64,9 +65,8 @@ def test_the_command_line_wins_over_the_presets_grid(multirun):
 
 def test_a_bad_job_anywhere_in_the_grid_stops_the_batch_before_anything_runs(multirun):
     backend = FakeBackend()
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(ConfigError, match="tensor_dim=0 must be at least 1"):
         multirun(backend, "cpu=1", "tensor_dim=32,0")
-    assert exited.value.code == 2
     assert backend.calls == []
 
 
@@ -78,7 +78,7 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
     import yaml
 
-    register_resolvers()
+    register()
     backend = FakeBackend()
     monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
     # GIVEN Optuna asking for 4 trials, 2 per batch
@@ -109,3 +109,45 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
     assert len({v["branch"].rsplit("_c", 1)[0] for v in summary["variants"]}) == 1
     # AND Optuna saw the variants' figures (the fake gives cpu * 10 GFLOP/s)
     assert best["best_value"] == max(v["gflops"] for v in summary["variants"])
+
+
+@pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
+def test_a_failed_trial_says_why_and_the_study_goes_on(
+    hydra_sweep_runner, monkeypatch, tmp_path, capsys
+):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
+    import yaml
+
+    register()
+    # GIVEN the optuna preset, and variants of n=32 that fail
+    backend = FakeBackend(fail={(cpu, 32) for cpu in range(1, 65)})
+    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
+    overrides = [
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.sampler.seed=3",
+        "tensor_dim=choice(32,64)",
+    ]
+    runner = hydra_sweep_runner(
+        calling_file=str(ROOT / "sweep_deployer.py"),
+        calling_module=None,
+        task_function=None,
+        config_path=".",
+        config_name="config",
+        overrides=overrides,
+        temp_dir=tmp_path / "sweep",
+    )
+    # WHEN the study runs
+    with runner:
+        summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
+        best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    output = "".join(capsys.readouterr())
+    # THEN failed trials were Optuna's failed trials, each with its reason, and all 3 batches ran
+    statuses = [v["status"] for v in summary["variants"]]
+    assert "failed" in statuses, statuses
+    assert "Failed experiment: cpu=" in output and "n=32 failed: boom" in output
+    assert [call[0] for call in backend.calls].count("start") == 3
+    # AND the best value is the best variant that succeeded
+    succeeded = [v["gflops"] for v in summary["variants"] if v["status"] == "succeeded"]
+    assert best["best_value"] == max(succeeded)

@@ -10,7 +10,6 @@ from torchperf.plan import (
     BRANCH_PATTERN,
     analytics_branch,
     branch_name,
-    check_overrides,
     check_tag,
     event_name,
     new_sweep_tag,
@@ -55,41 +54,9 @@ def test_event_names_the_tag():
     assert tag in event_name(tag) and re.match(r"^[a-z0-9_]+$", event_name(tag))
 
 
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["colour=red"], "unknown setting 'colour'"),
-        (["+colour=red"], "unknown setting 'colour'"),
-        (["backend=gcp"], "backend=gcp is unknown"),
-        (["backend=local,gcp"], "backend=gcp is unknown"),
-        (["cpu=["], "cannot read override"),
-    ],
-)
-def test_command_line_errors_are_one_line(arguments, message):
-    with pytest.raises(ConfigError, match=re.escape(message)) as error:
-        check_overrides(arguments, ["cpu", "tensor_dim"], {"backend": ["local", "argo"]})
-    assert "\n" not in str(error.value)
-
-
-def test_hydra_settings_and_known_keys_pass():
-    check_overrides(
-        ["cpu=1,2", "hydra.sweep.dir=/tmp/x", "hydra/launcher=basic", "backend=argo"],
-        ["cpu"],
-        {"backend": ["local", "argo"]},
-    )
-
-
 @pytest.mark.parametrize(("cores", "grid"), [(1, "1"), (2, "1,2"), (6, "1,2,4,6"), (8, "1,2,4,8")])
 def test_default_cpu_grid_fits_the_machine(cores, grid):
     assert cpu_grid(cores) == grid
-
-
-def test_settings_inside_a_group_node_are_checked():
-    groups = {"backend": ["local", "argo"]}
-    keys = {"backend": {"name", "max_parallel"}}
-    check_overrides(["backend.max_parallel=8"], ["cpu"], groups, keys)
-    with pytest.raises(ConfigError, match="unknown setting 'backend.paralel'"):
-        check_overrides(["backend.paralel=8"], ["cpu"], groups, keys)
 
 
 def test_labels_name_the_device_only_when_it_is_not_the_cpu():

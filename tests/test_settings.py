@@ -9,6 +9,7 @@ from torchperf.settings import (
     ConfigError,
     matrix_bytes,
     parse_variant_config,
+    size_text,
     validate_variant,
 )
 
@@ -47,6 +48,23 @@ def test_rejects_matrix_that_cannot_fit_in_memory():
     assert matrix_bytes(n) > 2**30
     with pytest.raises(ConfigError, match="tensor_dim=10000 needs"):
         validate_variant({"tensor_dim": n}, memory_bytes=2**30)
+
+
+def test_memory_is_named_in_units_that_fit():
+    # GIVEN 10 MiB for n=2048: 3 * 4 * 2048**2 bytes = 48 MiB
+    with pytest.raises(ConfigError) as error:
+        validate_variant({"tensor_dim": 2048, "memory_mb": 10})
+    assert str(error.value) == (
+        "tensor_dim=2048 needs 48.0 MiB for its matrices but only 10.0 MiB is available"
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2**20, "1.0 MiB"), (3 * 2**29, "1.5 GiB")],
+)
+def test_sizes_read_in_the_unit_that_fits(size, text):
+    assert size_text(size) == text
 
 
 def test_memory_request_bounds_the_matrix_too():

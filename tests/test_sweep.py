@@ -160,6 +160,7 @@ def test_resume_runs_only_what_did_not_succeed(open_sweep, tmp_path, monkeypatch
     tag = "sweep_20260101_000000_abcdef"
     earlier = {branch_name(tag, 1, 32): Done("TorchPerfFlow/7", 99.0)}
     monkeypatch.setattr(sweep_module, "succeeded_variants", lambda t: earlier if t == tag else {})
+    monkeypatch.setattr(sweep_module, "runs_tagged", lambda t: len(earlier) if t == tag else 0)
     backend = FakeBackend()
     sweep = open_sweep(backend, f"tag={tag}")
     assert [sweep.run_job(job) for job in JOBS] == [99.0, 10.0, 20.0]
@@ -208,3 +209,36 @@ def test_a_variant_whose_turn_runs_past_its_timeout_is_stopped(open_sweep, tmp_p
     assert time.monotonic() - began < 30
     (entry,) = summary(tmp_path)["variants"]
     assert entry["status"] == "timeout" and "6 s" in entry["message"]
+
+
+def test_a_tag_no_run_carries_is_refused_unless_new_on_purpose(open_sweep, tmp_path):
+    # GIVEN a tag no run carries (this test session's datastore)
+    tag = "sweep_20260101_000000_000000"
+    with pytest.raises(ConfigError, match=f"tag={tag} names no earlier sweep"):
+        open_sweep(FakeBackend(), f"tag={tag}")
+    sweep = open_sweep(FakeBackend(), f"tag={tag}", "new_tag=true")
+    assert sweep.spec.tag == tag and sweep.done == {}
+    sweep.close()
+
+
+def test_a_new_tag_that_runs_carry_already_is_refused(open_sweep, monkeypatch):
+    monkeypatch.setattr(sweep_module, "runs_tagged", lambda t: 2)
+    with pytest.raises(ConfigError, match="already names a sweep .2 runs.: drop new_tag=true"):
+        open_sweep(FakeBackend(), "tag=sweep_x", "new_tag=true")
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_a_variant_timeout_must_be_above_zero(open_sweep, seconds):
+    backend = FakeBackend()
+    with pytest.raises(ConfigError, match=f"variant_timeout_seconds={seconds} must be above 0"):
+        open_sweep(backend, f"variant_timeout_seconds={seconds}")
+    assert backend.calls == []
+
+
+def test_sweepers_that_count_failed_trials_get_the_reason_raised(open_sweep):
+    sweep = open_sweep(FakeBackend(fail={(1, 64)}))
+    with pytest.raises(sweep_module.FailedTrial, match="cpu=1 n=64 failed: boom"):
+        sweep.run_job(JOBS[1], raising=True)
+    with pytest.raises(sweep_module.FailedTrial, match="cpu=0 must be at least 1"):
+        sweep.run_job({"cpu": 0, "tensor_dim": 32}, raising=True)
+    sweep.close()

@@ -36,6 +36,18 @@ def succeeded_variants(tag: str) -> dict[str, Done]:
     return done
 
 
+def runs_tagged(tag: str) -> int:
+    """How many TorchPerfFlow runs carry ``tag``, whatever became of them."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        return sum(1 for _ in Flow("TorchPerfFlow").runs(tag))
+    except MetaflowNotFound:
+        return 0
+
+
 def result_details(pathspec: str) -> dict:
     """The interval of the median and the warnings of a run's result, {} where unreadable
     (a run measured before they were recorded, a run this machine cannot see)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from torchperf.errors import ConfigError, one_line
+from torchperf.errors import ConfigError
 
 # Metaflow accepts only these in a @project branch name.
 BRANCH_PATTERN = re.compile(r"^[a-z0-9_]+$")
@@ -81,51 +81,3 @@ def grid(params: Mapping[str, Iterable]) -> list[dict]:
     """The cartesian product of swept values, in Hydra's basic-sweeper order."""
     keys = list(params)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*params.values())]
-
-
-def check_overrides(
-    arguments: Iterable[str],
-    known_keys: Iterable[str],
-    groups: Mapping[str, Iterable[str]],
-    group_keys: Mapping[str, Iterable[str]] | None = None,
-) -> None:
-    """Reject an override of an unknown key or an unknown group option, in one line.
-
-    ``group_keys`` are the settings inside a group's node (``backend.max_parallel``).
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    known = set(known_keys)
-    group_keys = group_keys or {}
-    parser = OverridesParser.create()
-    for argument in arguments:
-        try:
-            (override,) = parser.parse_overrides([argument])
-        except OverrideParseException as error:
-            why = one_line(error, first=True)
-            raise ConfigError(f"cannot read override {argument!r}: {why}") from None
-        key = override.key_or_group
-        root = key.split(".")[0].split("/")[0]
-        if root == "hydra":
-            continue
-        if key in groups:
-            options = set(groups[key])
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.get_value_element_as_str()]
-            )
-            for value in values:
-                if value not in options:
-                    raise ConfigError(
-                        f"{key}={value} is unknown; choose one of: {', '.join(sorted(options))}"
-                    )
-            continue
-        if root in group_keys and "." in key:
-            inner = set(group_keys[root])
-            if key.split(".")[1] not in inner:
-                raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(inner))}")
-            continue
-        if root not in known:
-            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")

@@ -56,6 +56,14 @@ def matrix_bytes(tensor_dim: int) -> int:
     return TENSORS_ALIVE * BYTES_PER_FP32 * tensor_dim * tensor_dim
 
 
+def size_text(size: int) -> str:
+    """Bytes in the largest unit that keeps a figure of at least 1: 48.0 MiB, 1.5 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def available_memory_bytes() -> int:
     """Memory this process may still use: the node's available memory (Linux), or a
     conservative guess elsewhere, bounded by the cgroup's limit (a pod's, for one)."""
@@ -118,8 +126,8 @@ def validate_variant(
     budget = memory_mb * 2**20 if memory_bytes is None else min(memory_bytes, memory_mb * 2**20)
     if need > budget:
         raise ConfigError(
-            f"tensor_dim={tensor_dim} needs {need / 2**30:.1f} GiB for its matrices "
-            f"but only {budget / 2**30:.1f} GiB is available"
+            f"tensor_dim={tensor_dim} needs {size_text(need)} for its matrices "
+            f"but only {size_text(budget)} is available"
         )
     return VariantSettings(
         cpu=cpu,

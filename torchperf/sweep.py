@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torchperf.backends import make_backend
 from torchperf.backends.base import Backend, Outcome, SweepSpec
-from torchperf.history import Done, succeeded_variants
+from torchperf.history import Done, runs_tagged, succeeded_variants
 from torchperf.plan import (
     SWEPT_KEYS,
     Variant,
@@ -32,6 +32,11 @@ from torchperf.summary import SweepSummary
 # The exit status of the last sweep closed in this process: the entry point's own (Hydra's
 # multirun returns nothing to it).
 _last_exit_status = 0
+
+
+class FailedTrial(Exception):
+    """A job's variant that failed, raised for sweepers that count failed trials by the job's
+    exception (hydra-optuna-sweeper); its message says why."""
 
 
 def last_exit_status() -> int:
@@ -52,7 +57,7 @@ def variant_of(values: Mapping, tag: str) -> tuple[Variant, VariantSettings]:
 # Statuses whose runs the sweep marks with the reason (torchperf.analytics.mark_ended).
 ENDED_WITHOUT_RESULT = ("failed", "timeout", "cancelled")
 # Overrides a resumed sweep must not repeat: its own tag, and the folders of this run.
-NOT_RESUMED = ("tag=", "+tag=", "++tag=", "hydra.sweep.dir=", "hydra.run.dir=")
+NOT_RESUMED = ("tag=", "+tag=", "++tag=", "new_tag=", "hydra.sweep.dir=", "hydra.run.dir=")
 
 
 def resume_command(tag: str, overrides: list[str], multirun: bool = True) -> str:
@@ -78,6 +83,27 @@ def plan_variants(
         seen.add(variant.branch)
         planned.append((variant, settings))
     return planned
+
+
+def check_new_tag(tag: str | None, new_tag: bool) -> None:
+    """A given tag resumes the sweep whose runs carry it; with ``new_tag`` it names a new one.
+    A tag that does not say what it means is refused (a mistyped resume would run everything
+    again)."""
+    if tag is None:
+        if new_tag:
+            raise ConfigError("new_tag=true needs tag=<the new sweep's tag>")
+        return
+    check_tag(str(tag))
+    runs = runs_tagged(str(tag))
+    if runs and new_tag:
+        raise ConfigError(
+            f"tag={tag} already names a sweep ({runs} runs): drop new_tag=true to resume it"
+        )
+    if not runs and not new_tag:
+        raise ConfigError(
+            f"tag={tag} names no earlier sweep (no run carries it): check it, "
+            "or add new_tag=true to start a sweep with this tag"
+        )
 
 
 class Sweep:
@@ -122,8 +148,14 @@ class Sweep:
         replaces the one the config names (tests). ``tag`` and ``summary`` continue the sweep
         of an earlier batch of the same multirun.
         """
-        resumed = bool(tag or config.tag)
-        tag = tag or (check_tag(str(config.tag)) if config.tag else new_sweep_tag())
+        if not tag:  # the multirun's first batch: later ones continue its sweep
+            check_new_tag(config.tag, config.get("new_tag", False))
+        # A given tag resumes that sweep, as do a multirun's later batches.
+        resumed = bool(tag) or bool(config.tag and not config.get("new_tag", False))
+        tag = tag or (str(config.tag) if config.tag else new_sweep_tag())
+        timeout = config.variant_timeout_seconds
+        if not timeout > 0:
+            raise ConfigError(f"variant_timeout_seconds={timeout:g} must be above 0")
         baseline = config.get("baseline")
         if baseline:
             from torchperf.compare import load_sweep
@@ -141,7 +173,7 @@ class Sweep:
             pending=[] if config.dry_run else [p for p in planned if p[0].branch not in done],
             dry_run=bool(config.dry_run),
             live_analytics=bool(config.live_analytics),
-            variant_timeout_seconds=float(config.variant_timeout_seconds),
+            variant_timeout_seconds=float(timeout),
             baseline=str(baseline) if baseline else None,
         )
         options = dict(config.backend)
@@ -160,13 +192,16 @@ class Sweep:
             raise
         return opened
 
-    def run_job(self, values: Mapping) -> float:
-        """Run one Hydra job's variant; its GFLOP/s, or NaN (a failed trial) when it failed."""
+    def run_job(self, values: Mapping, raising: bool = False) -> float:
+        """Run one Hydra job's variant; its GFLOP/s. A variant that failed gives NaN (a failed
+        trial), or raises FailedTrial with ``raising``."""
         try:
             variant, settings = variant_of(values, self.spec.tag)
         except ConfigError as error:
             # Only sweepers that choose values as they go get here: planned jobs were checked.
             print(f"error: {error}", file=sys.stderr)
+            if raising:
+                raise FailedTrial(str(error)) from None
             return math.nan
         if self.progress:
             self.progress.started(variant)
@@ -177,7 +212,11 @@ class Sweep:
             raise
         self._end(variant, outcome)
         good = outcome.status in ("succeeded", "skipped") and outcome.gflops is not None
-        return outcome.gflops if good else math.nan
+        if good:
+            return outcome.gflops
+        if raising:
+            raise FailedTrial(f"{variant.label} {outcome.status}: {outcome.message}")
+        return math.nan
 
     def _run(self, variant: Variant, settings: VariantSettings) -> Outcome:
         earlier = self.done.get(variant.branch)

@@ -32,7 +32,11 @@ class TorchperfLauncher(Launcher):
         self.state = None  # the sweep this multirun's batches belong to (one tag, one summary)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
+        from torchperf.hydra_app import note_output_folder
+
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        # Before Hydra's sweeper creates it: a command refused from here on removes it.
+        note_output_folder(config.hydra.sweep.dir)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
