@@ -495,13 +495,13 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
 
     import boto3
 
-    from torchperf.backends.argo import package_path
     from torchperf.backends.argo_deploy import Create, DeployPool
+    from torchperf.backends.base import flow_path
 
     # GIVEN the variant flow compiled with Metaflow's create(only_json=True), as a dry run does
     config = VariantSettings(cpu=1, tensor_dim=64, tag="pkgtag").as_config()
     request = Create(
-        str(package_path("torchtest.py")), "pkgtag_c1", config,
+        str(flow_path("torchtest.py")), "pkgtag_c1", config,
         {**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}, str(ROOT), only_json=True,
     )  # fmt: skip
     pool = DeployPool(1)
@@ -522,11 +522,21 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
         blob = gzip.decompress(blob)  # Metaflow's datastore may compress what it saves
     with tarfile.open(fileobj=io.BytesIO(blob)) as package:
         names = package.getnames()
+        package.extractall(tmp_path / "pod", filter="data")
     # THEN the user code is the two flows and torchperf/, nothing else from the project root
+    # (tests/, benchmarks/, cluster/ stay out however they grow)
     user = {name.split("/")[0] for name in names if not name.startswith(".mf_")}
     assert user == {"torchtest.py", "sweep_analytics.py", "torchperf"}
     assert "torchperf/bench.py" in names and "torchperf/backends/argo.py" in names
     # ... beside Metaflow itself and the card extension the pods load
     assert any(name.startswith(".mf_code/metaflow/") for name in names)
     assert any(name.startswith(".mf_code/metaflow_extensions/torchperf/") for name in names)
-    assert not any("/.venv/" in name or name.startswith(("tests/", ".venv")) for name in names)
+    # ... and a Python without this checkout, in the package's folder as a pod runs the flow,
+    # imports the packaged torchperf (no site-packages: not the editable install here)
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", "import torchperf.settings; print(torchperf.__file__)"],
+        env={"PYTHONPATH": str(tmp_path / "pod" / ".mf_code")}, cwd=tmp_path / "pod",
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(tmp_path / "pod" / "torchperf" / "__init__.py")

@@ -30,16 +30,12 @@ from pathlib import Path
 
 from torchperf import manifests
 from torchperf.backends.argo_deploy import Create, Created, DeployFailed, DeployPool
-from torchperf.backends.base import ROOT, Outcome, SweepSpec, start_path
+from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
 from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings, parse_variant_config
 
-# Links to what the pods import: the two flows and torchperf/. Metaflow packages the directory
-# of the flow file it is started by (following links), and the project root holds .venv and
-# the .metaflow datastore: tens of thousands of files walked for every create.
-PACKAGE_DIR = ROOT / ".deploy"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 RUNNING = ("Pending", "Running")
 # The datastores pods can read the code package and artifacts from, with their root setting.
@@ -56,12 +52,6 @@ COMPILE_NEEDS = {
 }
 # Shown in a dry run's manifests where no image is set: a deploy refuses it.
 UNSET_IMAGE = "torchperf-image-not-set"
-
-
-def package_path(flow: str) -> Path:
-    """The path to start ``flow`` by for Argo: its link in PACKAGE_DIR, with torchperf/ linked
-    beside it (see base.start_path)."""
-    return start_path(PACKAGE_DIR, flow, "torchperf")
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -430,8 +420,8 @@ class ArgoBackend:
         self.poll_seconds = poll_seconds
         self.workflow_ttl_seconds = workflow_ttl_seconds
         self.pod_gc = pod_gc
-        self.flow_file = str(package_path(flow_file))
-        self.analytics_file = str(package_path(analytics_file))
+        self.flow_file = str(flow_path(flow_file))
+        self.analytics_file = str(flow_path(analytics_file))
         self.environ = dict(os.environ if environ is None else environ)
         # Who triggered the workflows, as Metaflow records it.
         self._user = self.environ.get("METAFLOW_USER") or self.environ.get("USER") or "torchperf"

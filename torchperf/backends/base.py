@@ -13,15 +13,27 @@ STATUSES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_path(folder: Path, flow: str, *beside: str) -> Path:
-    """The path to start ``flow`` by: its link in ``folder`` when it, and the links ``beside`` it,
-    lead back into the project root; else the file itself (a checkout with symlinks off).
+# The one folder of links, and why. Every `run` and every Argo create walks the whole folder of
+# the file the flow is started by (for a code package, which local runs build too) and packages
+# the .py files it finds there, following links: that is the mechanism Metaflow 2.19 offers for
+# what a package holds (beside the suffixes it keeps), with no setting to narrow the walk. The
+# flows sit in the project root beside .venv, the .metaflow datastore, tests/ and cluster/:
+# tens of thousands of files walked per run, and tests/ and cluster/ in every package. So the
+# flows are started by their links in FLOW_LINKS, which holds them and a link to torchperf/
+# (what the pods import) and nothing else; Python resolves the flow's link for imports. (A
+# module's METAFLOW_PACKAGE_POLICY = "include" would package torchperf/ without a link, but
+# Metaflow then takes its file list from the distribution's metadata, which an editable install
+# leaves stale: a module added since is missing in the pods.)
+FLOW_LINKS = ROOT / ".flows"
+PACKAGED = ("torchperf",)  # linked beside the flows: the code the pods import
 
-    Metaflow walks the directory of the file a flow is started by; a folder of links keeps that
-    walk to what the links name.
-    """
-    if all((folder / name).resolve() == ROOT / name for name in (flow, *beside)):
-        return folder / flow
+
+def flow_path(flow: str, links: Path = FLOW_LINKS) -> Path:
+    """The path to start ``flow`` by: its link in ``links`` when it, and the links beside it,
+    lead back into the project root; else the file itself (a checkout with symlinks turned off,
+    whose packages then hold the whole root)."""
+    if all((links / name).resolve() == ROOT / name for name in (flow, *PACKAGED)):
+        return links / flow
     return ROOT / flow
 
 

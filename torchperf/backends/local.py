@@ -26,7 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-from torchperf.backends.base import ROOT, Outcome, SweepSpec, start_path
+from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
 from torchperf.errors import one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
@@ -40,19 +40,9 @@ from torchperf.settings import (
 from torchperf.turns import POLL_SECONDS, Turns
 
 FLOWS = ROOT
-# Links to the two flows, which the local runs are started by. Every `run` walks the directory
-# of the file it was started by, for a code package that a local run never uses; the project
-# root holds .venv and the growing .metaflow datastore (0.3 s of CPU per run, more with each
-# sweep), this directory only the links. Python resolves the link for imports.
-LAUNCH_DIR = FLOWS / ".flows"
 TURNS_DIR = ".turns"
 # Stopped runs get SIGTERM, then SIGKILL after this long (Metaflow's own grace on Ctrl-C).
 KILL_GRACE_SECONDS = 2.0
-
-
-def launch_path(flow: str) -> Path:
-    """The path to start ``flow`` by: its link in LAUNCH_DIR (see base.start_path)."""
-    return start_path(LAUNCH_DIR, flow)
 
 
 def _runner(flow: str, **kwargs):
@@ -64,7 +54,7 @@ def _runner(flow: str, **kwargs):
     from metaflow import Runner
 
     previous = signal.getsignal(signal.SIGINT)
-    runner = Runner(str(launch_path(flow)), show_output=False, pylint=False, **kwargs)
+    runner = Runner(str(flow_path(flow)), show_output=False, pylint=False, **kwargs)
     with contextlib.suppress(RuntimeError):  # no running loop: it used signal.signal
         asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
     signal.signal(signal.SIGINT, previous)
