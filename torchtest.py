@@ -74,11 +74,11 @@ class TorchPerfFlow(FlowSpec):
     @step
     def end(self):
         """Report the figure and, on Argo, announce the success to the sweep's analytics."""
-        from torchperf import events
+        from torchperf import events, live
         from torchperf.plan import variant_id
 
         print(
-            f"{self.result['gflops']:.1f} GFLOP/s at cpu={self.config.cpu}, "
+            f"{live.figure(self.result)} at cpu={self.config.cpu}, "
             f"n={self.config.tensor_dim} (IQR {100 * self.result['iqr_ratio']:.1f} %)"
         )
         variant = variant_id(self.config.cpu, self.config.tensor_dim, self.config.device)

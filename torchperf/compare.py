@@ -13,13 +13,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from torchperf import fingerprint, stats
+from torchperf import display, fingerprint, stats
 from torchperf.errors import ConfigError
 from torchperf.plan import check_tag
 
 DEFAULT_THRESHOLD = 0.05  # a change smaller than 5 % is "same", however significant
 DEFAULT_ALPHA = 0.05  # the significance level of the Mann-Whitney test
 MISSING = "missing"  # a cell that only one of the two sweeps measured
+COMPARISONS = Path("comparisons")  # the default outputs' folder (in .gitignore)
 
 
 def load_sweep(tag: str, flow_name: str = "TorchPerfFlow") -> dict[tuple, dict]:
@@ -112,7 +113,7 @@ def _ratio_text(entry: dict) -> str:
     if entry["verdict"] == MISSING:
         return "-"
     low, high = entry["ratio_ci"]
-    return stats.describe(entry["ratio"], low, high, entry["ratio_ci_level"], unit="x")
+    return display.figure(entry["ratio"], (low, high, entry["ratio_ci_level"]), unit="x")
 
 
 def table_rows(entries: list[dict]) -> list[list[str]]:
@@ -120,7 +121,9 @@ def table_rows(entries: list[dict]) -> list[list[str]]:
     rows = []
     for e in entries:
         flags = "; ".join(
-            f"{side}: {w.split(':')[0]}" for side in ("a", "b") for w in e[f"warnings_{side}"]
+            f"{side}: {display.warning_name(w)}"
+            for side in ("a", "b")
+            for w in e[f"warnings_{side}"]
         )
         rows.append(
             [
@@ -236,6 +239,11 @@ def write_outputs(
     return [json_path, html_path]
 
 
+def output_folder(tag_a: str, tag_b: str) -> Path:
+    """Where a comparison is written unless --out says: under comparisons/, which git ignores."""
+    return COMPARISONS / f"{tag_a}_vs_{tag_b}"
+
+
 def run(
     tag_a: str,
     tag_b: str,
@@ -257,7 +265,7 @@ def run(
     for warning in warnings:
         print(f"warning: the sweeps ran in different environments: {warning}", file=sys.stderr)
     print_table(entries, tag_a, tag_b)
-    folder = out or Path(f"compare_{tag_a}_{tag_b}")
+    folder = out or output_folder(tag_a, tag_b)
     for path in write_outputs(folder, entries, tag_a, tag_b, warnings, threshold, alpha):
         print(f"written: {path}")
     return exit_status(entries)
