@@ -212,3 +212,10 @@ def test_an_unknown_baseline_is_refused_before_anything_runs(tmp_path):
         "error: no successful TorchPerfFlow run carries the tag 'sweep_no_such_sweep'"
     )
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_default_output_folder_is_one_git_ignores():
+    folder = compare.output_folder("sweep_a", "sweep_b")
+    assert folder.parts[0] == "comparisons" and len(folder.parts) == 2  # not the project root
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(folder / "compare.json")], cwd=ROOT)
+    assert ignored.returncode == 0

@@ -30,7 +30,10 @@ def parser() -> argparse.ArgumentParser:
         "--alpha", type=float, default=0.05, help="significance level (default 0.05)"
     )
     compare.add_argument(
-        "--out", type=Path, default=None, help="folder for compare.json and compare.html"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for compare.json and compare.html (default: comparisons/A_vs_B/)",
     )
     return main
 
