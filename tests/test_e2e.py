@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -186,10 +187,15 @@ def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
     summary = read_summary(first)
     statuses = [v["status"] for v in summary["variants"]]
     assert statuses[0] == "succeeded" and set(statuses[1:]) == {"cancelled"} and len(statuses) == 3
-    # THEN resuming by tag runs only the variants that did not succeed
+    # THEN it printed the command that resumes it: the tag and the user's grid
+    lines = stdout.splitlines()
+    start = lines.index("interrupted; to run what did not succeed:") + 1
+    printed = shlex.split(" ".join(line.strip().removesuffix("\\") for line in lines[start:]))
+    assert printed == ["python", "sweep_deployer.py", "-m", f"tag={summary['tag']}", *grid]
+    # AND that command runs only the variants that did not succeed
     resumed = tmp_path / "resumed"
     done = subprocess.run(
-        sweep_command(resumed, *grid, f"tag={summary['tag']}"),
+        sweep_command(resumed, *printed[3:]),
         capture_output=True,
         text=True,
         timeout=300,

@@ -65,7 +65,7 @@ def run_display(width: int, terminal: bool, resume: str | None = None) -> str:
     for variant, outcome in zip(VARIANTS, ENDINGS, strict=False):
         display.started(variant)
         display.ended(variant, outcome)
-    display.close(entries(), resume)
+    display.close(entries(), resume=resume)
     return output.getvalue()
 
 
@@ -143,9 +143,9 @@ def test_an_interrupted_sweep_prints_the_command_that_resumes_it(
 ):
     from tests.conftest import ROOT
     from torchperf import sweep as sweep_module
-    from torchperf.hydra_app import register_resolvers
+    from torchperf.hydra_app import register
 
-    register_resolvers()
+    register()
     monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: InterruptedBackend())
     # GIVEN a multirun with the user's overrides, one of which needs quotes in a shell
     overrides = ["cpu=1", "tensor_dim=32,64", "measure_seconds=0.5", "backend.name=local"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -145,14 +147,23 @@ class SweepProgress:
         head, _ = self.line_parts()
         self.console.print(f"[{head}] {event}", highlight=False, markup=False, soft_wrap=True)
 
-    def close(self, variants: list[dict], resume: str | None = None) -> None:
-        """Stop the live line, print one row per variant and, after an interruption, the
-        command that resumes the sweep."""
+    def close(
+        self,
+        variants: list[dict],
+        summary: Path | None = None,
+        reports: Sequence[Path] = (),
+        resume: str | None = None,
+    ) -> None:
+        """Stop the live line; print one row per variant, the files written and, after an
+        interruption, last, the command that resumes the sweep."""
         if self._progress:
             self._progress.stop()
         self.console.print(final_table(variants, runs=self.console.width >= RUN_COLUMN_WIDTH))
         elapsed = clock(time.monotonic() - self._started)
         self.console.print(f"{ended_text(variants)} in {elapsed}", highlight=False, markup=False)
+        for label, path in [("summary:", summary), *(("report: ", p) for p in reports)]:
+            if path:
+                self.console.print(f"{label} {path}", highlight=False, markup=False, soft_wrap=True)
         if resume:
             self.console.print("interrupted; to run what did not succeed:", highlight=False)
             for line in continued(resume, self.console.width):

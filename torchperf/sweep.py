@@ -266,18 +266,16 @@ class Sweep:
             for variant, _ in self.spec.planned:
                 if variant.branch not in ended:
                     self.summary.record(variant, Outcome("cancelled", message="not started"))
+        written: list[Path] = []
         try:
             analytics = self.backend.finish(self.spec, interrupted)
             self.summary.set_analytics_run(analytics)
             written = self._write_report(analytics) if analytics else []
         finally:
             if self.progress:
-                self.progress.close(self.summary.variants, self.resume if interrupted else None)
+                resume = self.resume if interrupted else None
+                self.progress.close(self.summary.variants, self.summary.path, written, resume)
             _last_exit_status = self.exit_status()
-        if self.progress:
-            self.progress.console.print(f"summary: {self.summary.path}")
-            for path in written:
-                self.progress.console.print(f"report:  {path}")
         return _last_exit_status
 
     def _write_report(self, analytics: str) -> list[Path]:
