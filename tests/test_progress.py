@@ -11,7 +11,7 @@ from rich.console import Console
 from tests.test_sweep import FakeBackend
 from torchperf.backends.base import Outcome
 from torchperf.plan import Variant
-from torchperf.progress import SweepProgress, continued, final_table
+from torchperf.progress import SweepProgress, continued, eta_seconds, final_table
 from torchperf.sweep import Sweep
 
 TAG = "sweep_20261201_120000_abc123"
@@ -82,6 +82,15 @@ def test_the_live_line_fits_the_terminal_and_always_shows_count_elapsed_and_eta(
     # The last figure reaches the live line at 120 columns.
     if width == 120:
         assert any("205 GFLOP/s (96 % CI 201–209)" in line for line in live)
+
+
+def test_the_eta_follows_the_pace_and_counts_down_between_ends():
+    # GIVEN 2 of 6 variants ran in 20 s, one skipped (no time), and 4 s since the last end
+    assert eta_seconds(20.0, 4.0, ran=2, ended=3, planned=6) == 3 * 10.0 - 4.0
+    assert eta_seconds(20.0, 9.0, ran=2, ended=3, planned=6) < eta_seconds(20.0, 4.0, 2, 3, 6)
+    assert eta_seconds(20.0, 99.0, ran=2, ended=3, planned=6) == 0.0  # overdue
+    assert eta_seconds(0.0, 1.0, ran=0, ended=1, planned=6) is None  # no pace yet
+    assert eta_seconds(20.0, 4.0, ran=2, ended=2, planned=None) is None  # no plan
 
 
 def test_cancelled_and_timed_out_are_counted_apart_from_failed():

@@ -48,13 +48,17 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def eta_seconds(elapsed: float, ran: int, ended: int, planned: int | None) -> float | None:
-    """Time left at the pace so far: elapsed / variants that ran x variants left; None before
-    the first variant has run or without a plan. Skipped variants take no time: they count as
-    ended, not as pace."""
+def eta_seconds(
+    paced: float, since: float, ran: int, ended: int, planned: int | None
+) -> float | None:
+    """Time left at the pace so far: ``paced`` seconds (from the start to the last variant's
+    end) per variant that ran, times the variants left, less the ``since`` seconds that passed
+    since that end, so that it counts down between ends (0 once overdue). None before the first
+    variant has run, or without a plan. Skipped variants take no time: they count as ended,
+    not in the pace."""
     if planned is None or ran == 0:
         return None
-    return elapsed / ran * max(planned - ended, 0)
+    return max(paced / ran * max(planned - ended, 0) - since, 0.0)
 
 
 class _Line(ProgressColumn):
@@ -85,6 +89,7 @@ class SweepProgress:
         self._running: list[str] = []
         self._planned = planned
         self._started = time.monotonic()
+        self._last_end = self._started  # when the last variant that ran ended
         of = f"{planned} variant(s)" if planned else "variants chosen as it goes"
         # Printed, not part of the live line: it stays in the scrollback and in a piped log.
         self.console.print(f"torchperf sweep [bold]{tag}[/]: {of}", highlight=False)
@@ -107,9 +112,10 @@ class SweepProgress:
             counts = dict(self._counts)
             running, last = list(self._running), self._last
         ended = sum(counts[name] for name, _ in COUNTED)
-        elapsed = time.monotonic() - self._started
-        eta = eta_seconds(elapsed, counts["ran"], ended, self._planned)
-        of = f"/{self._planned}" if self._planned else ""
+        now = time.monotonic()
+        elapsed, paced = now - self._started, self._last_end - self._started
+        eta = eta_seconds(paced, now - self._last_end, counts["ran"], ended, self._planned)
+        of = f"/{self._planned}" if self._planned else " so far"  # an optimizer chooses as it goes
         head = f"{ended}{of} · {clock(elapsed)} · ETA {'-' if eta is None else clock(eta)}"
         head += " · " + counts_text(counts)
         tail = []
@@ -134,6 +140,7 @@ class SweepProgress:
             self._counts[counted_as(status)] += 1
             if status != "skipped":
                 self._counts["ran"] += 1
+                self._last_end = time.monotonic()
             self._last = f"{label}: {outcome_text(outcome)}"
             if self._progress:
                 self._progress.advance(self._task)
