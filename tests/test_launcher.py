@@ -106,7 +106,7 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
     # THEN each batch was one sweep batch (started, run, finished), all under one tag
     assert [call[0] for call in backend.calls].count("start") == 2
     assert len([call for call in backend.calls if call[0] == "run"]) <= 4
-    assert len({v["branch"].rsplit("_c", 1)[0] for v in summary["variants"]}) == 1
+    assert all(summary["tag"] in v["branch"] for v in summary["variants"])
     # AND Optuna saw the variants' figures (the fake gives cpu * 10 GFLOP/s)
     assert best["best_value"] == max(v["gflops"] for v in summary["variants"])
 
