@@ -28,10 +28,10 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "image" / "requirements.txt"
 BASE_PACKAGES = ("pip",)  # in the base image; Metaflow's pod command calls pip
-CACHE = Path(os.environ.get("TORCHPERF_SIM_CACHE", "/var/tmp/torchperf-sim"))
+CACHE = Path(os.environ.get("TORCHPERF_IMAGE_CACHE", "/var/tmp/torchperf-image"))
 
 
 class ImageError(RuntimeError):
