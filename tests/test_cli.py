@@ -2,6 +2,7 @@
 bad input gets one line, exit status 2 and no folder left behind (in this process, through the
 entry point's own run_command and @hydra.main function)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -130,6 +131,8 @@ def command(monkeypatch, tmp_path, capsys):
     import sweep_deployer
 
     hydra_app.register()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # run_command sets it; restored after
 
@@ -143,6 +146,11 @@ def command(monkeypatch, tmp_path, capsys):
             status = exited.code
         finally:
             GlobalHydra.instance().clear()
+            # Hydra pointed logging at this test's streams and the job's log file: close
+            # those, put back what was there.
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:], root.level = handlers, level
         lines = capsys.readouterr().err.strip().splitlines()
         left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
         return status, lines, left
