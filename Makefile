@@ -5,10 +5,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help sweep test lint format bench argo-sim image push clean
+.PHONY: help sweep test lint format bench cluster-build cluster argo-real image push clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ format: $(BIN)/.installed  ## ruff format in place
 bench: $(BIN)/.installed  ## print the benchmark figures (fidelity, sweep overhead, analytics scaling, argo fan-out)
 	for b in benchmarks/[!_]*.py; do METAFLOW_USER=$${METAFLOW_USER:-torchperf} $(BIN)/python $$b || exit 1; done
 
-argo-sim: $(BIN)/.installed  ## an Argo sweep on the simulated cluster, every step run here (root; ARGS="cpu=1,2 tensor_dim=32,64")
-	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python tests/cluster/run_sim.py $(ARGS)
+cluster-build:  ## build the real control plane from source (Go; minutes the first time)
+	cluster/build.sh
+
+cluster: $(BIN)/.installed cluster-build  ## start Kubernetes + Argo + Argo Events here and wait (root)
+	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python -m cluster.run up
+
+argo-real: $(BIN)/.installed cluster-build  ## an Argo sweep on that cluster (root; ARGS="cpu=1,2 tensor_dim=64,128")
+	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python -m cluster.run sweep $(ARGS)
 
 image:  ## build the pods' image for Argo from image/ (make image IMAGE=registry/torchperf:2.13.0; needs docker)
 	@test -n "$(IMAGE)" || { echo "error: IMAGE is not set: make image IMAGE=registry/name:tag" >&2; exit 2; }

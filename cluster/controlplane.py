@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from .image import CACHE as IMAGE_CACHE
+from .image import REQUIREMENTS
 from .image import build as build_image
 from .metadata import start_metadata_service
 from .pki import kubeconfig, make_pki
@@ -48,6 +49,8 @@ BIN = Path(os.environ.get("TORCHPERF_CLUSTER_BIN", "/var/tmp/torchperf-cluster/b
 STATE = Path(os.environ.get("TORCHPERF_CLUSTER_STATE", "/var/tmp/torchperf-cluster"))
 NAMESPACE = "torchperf"
 IMAGE = "torchperf:local"  # the sweep's backend.image on this cluster
+# The same image without torch: every measuring step fails in its pod (the failure tests').
+BROKEN_IMAGE = "torchperf-notorch:local"
 SERVICE_IP = "10.96.0.1"
 BUCKET, S3_KEY, S3_SECRET, S3_SECRET_NAME = "torchperf", "cluster-key", "cluster-secret", "torchperf-s3"
 BINARIES = (
@@ -134,7 +137,7 @@ def events_objects(source: Path) -> list[dict]:
     return _select(source / "manifests" / "install.yaml", lambda o: True)
 
 
-def images(bin_dir: Path, image_env: Path) -> dict:
+def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
     """What each image stands for on the node (cluster/go/kube/node: Image)."""
     return {
         "images": [
@@ -154,6 +157,8 @@ def images(bin_dir: Path, image_env: Path) -> dict:
             {"match": IMAGE.split(":")[0], "path": [str(image_env / "bin")],
              "workdir": "/workspace", "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE},
              "digest": f"{IMAGE}@sha256:{image_env.name.removeprefix('image-')}"},
+            {"match": BROKEN_IMAGE.split(":")[0], "path": [str(broken_env / "bin")],
+             "workdir": "/workspace", "env": {"PYTHONUNBUFFERED": "1"}},
         ]
     }
 
@@ -323,8 +328,13 @@ class Cluster:
 
     def _start_node(self) -> None:
         self.image_env = build_image(cache=IMAGE_CACHE)
+        no_torch = self.folder / "requirements-notorch.txt"
+        no_torch.write_text("".join(
+            line for line in REQUIREMENTS.read_text().splitlines(keepends=True)
+            if not line.startswith("torch")))
+        broken_env = build_image(no_torch, cache=IMAGE_CACHE)
         images_file = self.folder / "images.json"
-        images_file.write_text(json.dumps(images(self.bin, self.image_env), indent=1))
+        images_file.write_text(json.dumps(images(self.bin, self.image_env, broken_env), indent=1))
         node_root = self.folder / "node"
         node_root.mkdir(mode=0o755)
         self.folder.chmod(0o755)
