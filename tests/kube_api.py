@@ -7,10 +7,14 @@ Workflow from that Sensor's trigger. What it does not do is run pods: no step ev
 
     with KubeAPI(run_seconds=0.5) as api:
         api.write_kubeconfig(tmp_path / "kubeconfig")
-        api.fail.add("_c2_n64")    # workflows whose branch (or template name) has this end Failed
-        api.hang.add("_c4_n64")    # ... these stay Running until terminated
+        api.fail.add("c2_n64_")    # workflows whose branch (or template name) has this end Failed
+        api.hang.add("c4_n64_")    # ... these stay Running until terminated
         api.forbid.add("c8n64")    # creating an object whose name has this answers 403
+        api.undeletable.add("c8n64")  # ... deleting it answers 403
         api.admission.append(lambda plural, obj: ...)  # a mutating webhook
+        api.outage(10)             # every call answers 503 for 10 s
+        api.stall()                # no call is answered until api.resume()
+        api.lost_replies = 1       # the next Workflow create is stored, but answered 504
 
 Like the real control plane, it adds a finalizer and a status to every Sensor as it is created
 (the Argo Events controller's doing), and server-managed metadata to every object.
@@ -94,6 +98,11 @@ class KubeAPI:
         # create and replace, and may change the object before it is stored.
         self.admission: list = []
         self.forbid: set[str] = set()  # name fragments: creating or replacing those answers 403
+        self.undeletable: set[str] = set()  # name fragments: deleting those answers 403
+        self.outage_until = 0.0  # monotonic time: until then every call answers 503
+        self.lost_replies = 0  # the next this many Workflow creates are stored, then answered 504
+        self._answering = threading.Event()  # cleared by stall(): calls wait for an answer
+        self._answering.set()
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
         self.events: list[dict] = []  # bodies POSTed to /webhook
@@ -113,6 +122,7 @@ class KubeAPI:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._answering.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -133,6 +143,18 @@ class KubeAPI:
         }
         Path(path).write_text(json.dumps(config))  # JSON is YAML
         return Path(path)
+
+    # -- what tests do to it ------------------------------------------------------------------
+    def stall(self) -> None:
+        """From now on no call is answered (a half-open connection), until ``resume``."""
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
+
+    def outage(self, seconds: float) -> None:
+        """Every call answers 503 for ``seconds`` from now (the control plane is away)."""
+        self.outage_until = time.monotonic() + seconds
 
     # -- what tests look at ------------------------------------------------------------------
     def names(self, plural: str) -> list[str]:
@@ -207,6 +229,10 @@ class KubeAPI:
         ]  # fmt: skip
         if plural == "workflows":
             self._instantiate(ns, body)
+            if self.lost_replies > 0:  # stored, but the answer never reaches the client
+                self.lost_replies -= 1
+                self.objects[key] = body
+                return 504, self._status(504, "the answer was lost on its way back")
         if plural == "sensors":
             # What the Argo Events controller does within milliseconds of a Sensor's creation.
             meta["finalizers"] = ["sensor-controller"]
@@ -254,7 +280,9 @@ class KubeAPI:
 
     @staticmethod
     def _status(code: int, message: str) -> dict:
-        reason = {403: "Forbidden", 404: "NotFound", 409: "AlreadyExists"}.get(code, "BadRequest")
+        reasons = {403: "Forbidden", 404: "NotFound", 409: "AlreadyExists", 504: "Timeout",
+                   503: "ServiceUnavailable"}  # fmt: skip
+        reason = reasons.get(code, "BadRequest")
         return {"kind": "Status", "status": "Failure", "message": message, "reason": reason,
                 "code": code}  # fmt: skip
 
@@ -266,8 +294,8 @@ class KubeAPI:
             if method == "POST" and path.rstrip("/") == "/webhook":
                 self._publish(body or {})
                 return 200, {}
-            if self.flaky > 0:
-                self.flaky -= 1
+            if self.flaky > 0 or time.monotonic() < self.outage_until:
+                self.flaky = max(0, self.flaky - 1)
                 return 503, self._status(503, "the server is currently unable to handle it")
             match = PATH.match(path)
             if not match or match["plural"] not in KINDS:
@@ -304,6 +332,8 @@ class KubeAPI:
             if method == "PATCH":
                 return 200, _merge(obj, body or {})
             if method == "DELETE":
+                if any(fragment in name for fragment in self.undeletable):
+                    return 403, self._status(403, f'{plural}.{GROUP} "{name}" is forbidden')
                 del self.objects[key]
                 return 200, {"kind": "Status", "status": "Success", "code": 200}
             return 405, self._status(405, f"{method} not allowed")
@@ -313,17 +343,21 @@ class KubeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self):
+                api._answering.wait()
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 url = urlsplit(self.path)
                 code, payload = api.handle(self.command, url.path, body, url.query)
                 data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up waiting (a stalled call timed out)
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster.metadata import start_metadata_service
-from cluster.s3 import start_moto
 from kube_api import KubeAPI
 
+from cluster.metadata import start_metadata_service
+from cluster.s3 import start_moto
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
 from torchperf.manifests import TITLE
@@ -143,6 +143,24 @@ def test_dry_run_writes_valid_manifests_without_touching_kubernetes(environ, api
         assert SECRET not in path.read_text(), path.name
 
 
+def test_variants_whose_branches_hash_alike_still_get_their_own_templates(environ, api, tmp_path):
+    # GIVEN two variants of one sweep whose @project flow names, as a branch that began with the
+    # tag made them, share the 5-character hash Metaflow appends to a shortened template name
+    # (found by trying variants against base32(sha1(name))[:5], Metaflow's hash: 6yofs)
+    tag = "sweep_20261202_090000_abcdef"
+    sweep = make_sweep(tmp_path, tag, [(1, 939), (1, 3340)], dry_run=True)
+    # WHEN the dry run compiles them with Metaflow
+    run_sweep(ArgoBackend(environ=environ, image=IMAGE), sweep)
+    # THEN their templates are named apart: the variant leads the shortened name
+    folder = sweep.sweep_dir / "manifests"
+    names = {
+        json.loads((folder / f"{v}.workflowtemplate.json").read_text())["metadata"]["name"]
+        for v in ("c1_n939", "c1_n3340")
+    }
+    assert len(names) == 2, names
+    assert any("c1n939" in name for name in names)
+
+
 def test_pods_get_the_internal_urls_and_cuda_variants_a_gpu_and_their_image(environ, api, tmp_path):
     # GIVEN in-cluster addresses for the metadata service and a cpu and a cuda variant
     environ["METAFLOW_SERVICE_INTERNAL_URL"] = "http://metadata.internal:8080"
@@ -235,8 +253,8 @@ def test_bad_variant_fails_preflight_before_anything_is_created(environ, api, tm
 def test_sweep_lifecycle_with_a_failure_and_a_timeout_leaves_nothing_behind(environ, api, tmp_path):
     # GIVEN three variants: one succeeds, one fails, one hangs past the timeout
     sweep = make_sweep(tmp_path, "lifetag", [(1, 64), (2, 64), (1, 128)], timeout=3.0)
-    api.fail.add("_c2_n64")
-    api.hang.add("_c1_n128")
+    api.fail.add("c2_n64_")
+    api.hang.add("c1_n128_")
     backend = ArgoBackend(
         environ=environ, image=IMAGE, poll_seconds=0.2, max_parallel=3, workflow_ttl_seconds=600
     )
@@ -262,6 +280,8 @@ def test_sweep_lifecycle_with_a_failure_and_a_timeout_leaves_nothing_behind(envi
         assert "lifetag" in meta["annotations"][TITLE]
         assert spec["ttlStrategy"] == {"secondsAfterCompletion": 600}
         assert spec["podGC"] == {"strategy": "OnPodSuccess"}
+        # ... and Argo stops it at the variant timeout even if the sweep is gone by then
+        assert spec["activeDeadlineSeconds"] == 3
     variants = sorted(wf["metadata"]["labels"]["torchperf/variant"] for wf in workflows)
     assert variants == ["analytics", "c1_n128", "c1_n64", "c2_n64"]
     assert analytics and analytics.startswith("SweepAnalyticsFlow/argo-torchperf-analytics-")
@@ -292,7 +312,7 @@ def test_sensor_started_workflows_take_the_sweeps_labels_from_their_template(
 ):
     # GIVEN a deployed sweep whose variant hangs, so that the Sensor is still there
     sweep = make_sweep(tmp_path, "sensortag", [(1, 64)], timeout=2.0)
-    api.hang.add("sensortag_c1")
+    api.hang.add("c1_n64_sensortag")
     backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
     backend.preflight(sweep)
     variant, settings = sweep.planned[0]
@@ -315,29 +335,35 @@ def test_sensor_started_workflows_take_the_sweeps_labels_from_their_template(
     assert api.running() == [] and api.names("sensors") == []
 
 
-def test_transient_api_errors_are_retried(environ, api, tmp_path):
-    from torchperf.backends.argo import Argo, resolve_settings
+def test_transient_api_errors_are_retried_for_as_long_as_the_patience(environ, api, tmp_path):
+    from torchperf.backends.argo import GONE, Argo, resolve_settings
 
     settings = resolve_settings(environ, namespace=None, image=IMAGE, guaranteed_qos=True)
-    argo = Argo(settings, backoff_seconds=0.01)
+    argo = Argo(settings, backoff_seconds=0.01, patience_seconds=1.0)
     # GIVEN an API server answering 503 to the next three calls, WHEN we list and read
     api.flaky = 3
     assert argo.running("anytag") == []
-    assert argo.phase("no-such-workflow") == ("Pending", "")
-    # THEN the calls went through after the blips; a lasting outage still raises
+    assert argo.phase("no-such-workflow") == ("Failed", GONE)
+    # THEN the calls went through after the blips; an outage past the patience still raises
     assert api.flaky == 0
-    api.flaky = 10
+    api.outage(30)
+    started = time.monotonic()
     with pytest.raises(Exception, match="503"):
         argo.running("anytag")
+    assert time.monotonic() - started < 5
 
 
-def test_keep_deployments_keeps_templates_and_sensor(environ, api, tmp_path):
+def test_keep_deployments_keeps_templates_and_sensor_labelled_with_the_tag(environ, api, tmp_path):
     sweep = make_sweep(tmp_path, "keeptag", [(1, 64)])
     outcomes, _ = run_sweep(
         ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, keep_deployments=True), sweep
     )
     assert outcomes["c1_n64"].status == "succeeded"
     assert len(api.names("workflowtemplates")) == 2 and len(api.names("sensors")) == 1
+    # ... each carries the sweep's label: what a clean-up after a SIGKILL selects by
+    for (_, plural, name), manifest in api.objects.items():
+        if plural in ("workflowtemplates", "sensors"):
+            assert manifest["metadata"]["labels"]["torchperf/tag"] == "keeptag", name
 
 
 DRIVER = textwrap.dedent(
@@ -469,7 +495,7 @@ def test_a_create_that_fails_shows_metaflow_s_lines_and_is_failed_not_cancelled(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    api.forbid.add("failtagc2n64")
+    api.forbid.add("c2n64failtag")
     sweep = make_sweep(tmp_path, "failtag", [(1, 64), (2, 64)])
     # WHEN the sweep deploys both
     outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
@@ -540,3 +566,160 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     )  # fmt: skip
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(tmp_path / "pod" / "torchperf" / "__init__.py")
+
+
+def wait_for(condition, seconds: float = 60.0):
+    """Wait until ``condition()`` is true (its value), or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
+def test_a_workflow_deleted_outside_the_sweep_ends_failed_and_says_so(environ, api, tmp_path):
+    # GIVEN a variant whose workflow runs until someone deletes it with kubectl
+    api.hang.add("c1_n64_gonetag")
+    sweep = make_sweep(tmp_path, "gonetag", [(1, 64)], timeout=60)
+    sweep.pending = sweep.planned
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    try:
+        backend.start(sweep)
+        (workflow,) = wait_for(api.running)
+        # WHEN it is deleted
+        api.handle("DELETE", f"/apis/argoproj.io/v1alpha1/namespaces/default/workflows/{workflow}",
+                   None)  # fmt: skip
+        outcome = backend.run_variant(sweep, *sweep.planned[0])
+    finally:
+        backend.finish(sweep, interrupted=False)
+    # THEN the variant failed at once, saying why, instead of waiting for its timeout
+    assert outcome.status == "failed", outcome
+    assert "deleted outside the sweep" in outcome.message
+
+
+def test_a_create_whose_answer_was_lost_starts_the_variant_once(environ, api, tmp_path):
+    # GIVEN an API that stores the next Workflow but whose answer is lost (a 504, a dropped
+    # connection), so that the client tries the create again
+    api.lost_replies = 1
+    sweep = make_sweep(tmp_path, "oncetag", [(1, 64)])
+    # WHEN the sweep runs
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN the variant ran once, in the Workflow the first create made
+    assert api.lost_replies == 0
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    started = [
+        wf for wf in api.workflows() if wf["metadata"]["labels"]["torchperf/variant"] != "analytics"
+    ]
+    assert len(started) == 1
+    assert outcomes["c1_n64"].run == f"TorchPerfFlow/argo-{started[0]['metadata']['name']}"
+
+
+def test_a_template_that_cannot_be_deleted_leaves_a_success_a_success(
+    environ, api, tmp_path, capfd
+):
+    # GIVEN an API that refuses to delete one variant's template
+    api.undeletable.add("c1n64deltag")
+    sweep = make_sweep(tmp_path, "deltag", [(1, 64)])
+    # WHEN the variant runs and the sweep ends
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN it succeeded all the same, and the user is told what was left behind
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    err = capfd.readouterr().err
+    assert "teardown left 1 thing(s) undone" in err and "c1n64deltag" in err
+    assert "torchperf/tag=deltag" in err
+
+
+def test_an_api_outage_longer_than_a_blip_changes_no_variant_s_status(environ, api, tmp_path):
+    # GIVEN a variant in flight
+    sweep = make_sweep(tmp_path, "outagetag", [(1, 64)])
+    sweep.pending = sweep.planned
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    try:
+        backend.start(sweep)
+        wait_for(api.workflows)
+        # WHEN the API answers 503 for ten seconds (a control-plane restart) while it runs
+        api.outage(10)
+        outcome = backend.run_variant(sweep, *sweep.planned[0])
+    finally:
+        backend.finish(sweep, interrupted=False)
+    # THEN the variant is seen through to its end as if nothing had happened
+    assert outcome.status == "succeeded", outcome
+    assert time.monotonic() >= api.outage_until
+
+
+def test_every_call_to_an_api_that_never_answers_ends_within_its_bound(environ, api):
+    from torchperf.backends.argo import Argo, resolve_settings
+
+    settings = resolve_settings(environ, namespace=None, image=IMAGE, guaranteed_qos=True)
+    argo = Argo(settings, request_seconds=0.5, patience_seconds=2.0)
+    # GIVEN an API that takes connections and never answers (a half-open connection)
+    api.stall()
+    try:
+        started = time.monotonic()
+        # WHEN we read a phase, THEN it fails within the patience, not never
+        with pytest.raises(Exception, match="(?i)time"):
+            argo.phase("any")
+        assert time.monotonic() - started < 5
+    finally:
+        api.resume()
+
+
+@pytest.mark.parametrize("trouble", ["outage", "stall"])
+def test_ctrl_c_is_answered_within_seconds_whatever_the_api_does(environ, api, tmp_path, trouble):
+    # GIVEN a sweep whose variants all run, driven the way sweep_deployer.py drives it
+    api.hang.add("sigtag")
+    script = DRIVER.format(
+        root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path), environ=json.dumps(environ)
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env=environ, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(api.running()) == 3)
+        # WHEN the API goes away (503s) or stops answering, and then the user presses Ctrl-C
+        api.outage(3600) if trouble == "outage" else api.stall()
+        signalled = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        api.resume()
+        driver.kill()
+    # THEN the sweep is back within seconds and says what it could not clean up
+    assert driver.returncode == 130, (out, err)
+    assert took < 10, took
+    assert "teardown left" in err and "torchperf/tag=sigtag" in err
+
+
+def test_the_backend_needs_no_linux_only_process_call(environ, api, tmp_path):
+    # GIVEN every Python process of the sweep without os.pidfd_open, as on macOS (Linux >= 5.3
+    # only); sitecustomize runs in each of them, the Deployer's workers and creates included
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\ndel os.pidfd_open\n")
+    script = textwrap.dedent(
+        f"""
+        import os, sys, json
+        assert not hasattr(os, "pidfd_open")
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+        from pathlib import Path
+        from test_argo_backend import make_sweep, run_sweep
+        from torchperf.backends.argo import ArgoBackend
+        sweep = make_sweep(Path({str(tmp_path)!r}), "mactag", [(1, 64)], dry_run=True)
+        backend = ArgoBackend(environ={{**os.environ}}, image="img")
+        outcomes, _ = run_sweep(backend, sweep)
+        print(json.dumps({{v: o.status for v, o in outcomes.items()}}))
+        """
+    )
+    env = {**environ, "PYTHONPATH": str(site)}
+    # WHEN a dry run compiles a variant
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    # THEN it compiled and checked it all the same
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"c1_n64": "skipped"}
+    assert (tmp_path / "sweep" / "manifests" / "c1_n64.workflowtemplate.json").exists()

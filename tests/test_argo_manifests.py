@@ -133,23 +133,35 @@ def test_guaranteed_qos_and_image_travel_as_metaflow_settings(environ):
     assert resolve(environ).env["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] == "img"
 
 
-def test_workflow_look_keeps_the_variant_readable_and_within_name_limits():
-    look = manifests.workflow_look(
-        "sweep_20261202_090000_abcdef", "c16_n16384_cuda", "t", "d", ttl_seconds=60,
-        pod_gc="OnPodSuccess",
+def look(tag="sweep_20261202_090000_abcdef", variant="c16_n16384_cuda", attempt="a1b2c3"):
+    return manifests.workflow_look(
+        tag, variant, "t", "d", attempt=attempt, ttl_seconds=60, pod_gc="OnPodSuccess",
+        deadline_seconds=1799.5,
     )  # fmt: skip
-    assert look.generate_name.startswith("torchperf-c16-n16384-cuda-sweep-20261202")
-    assert re.fullmatch(r"[a-z0-9-]+-", look.generate_name)
-    assert len(look.generate_name) + manifests.GENERATED_SUFFIX <= manifests.MAX_WORKFLOW_NAME
-    assert look.labels == {
-        "torchperf/tag": "sweep_20261202_090000_abcdef", "torchperf/variant": "c16_n16384_cuda"
+
+
+def test_workflow_look_keeps_the_variant_readable_and_within_name_limits():
+    assert look().name.startswith("torchperf-c16-n16384-cuda-sweep-20261202")
+    assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", look().name)
+    assert len(look().name) <= manifests.MAX_WORKFLOW_NAME
+    assert len(look(tag="t" * 40).name) <= manifests.MAX_WORKFLOW_NAME
+    assert look().labels == {
+        "torchperf/tag": "sweep_20261202_090000_abcdef", "torchperf/variant": "c16_n16384_cuda",
+        "torchperf/attempt": "a1b2c3",
     }  # fmt: skip
-    long = manifests.workflow_look("t" * 40, "c16_n16384_cuda", "t", "d", ttl_seconds=1,
-                                   pod_gc="OnPodSuccess")  # fmt: skip
-    assert len(long.generate_name) + manifests.GENERATED_SUFFIX <= manifests.MAX_WORKFLOW_NAME
+    assert look().spec["activeDeadlineSeconds"] == 1800  # whole seconds, never shorter
 
 
-def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=None, gpus=None):
+def test_workflow_names_are_the_same_when_asked_again_and_differ_per_attempt_and_variant():
+    assert look().name == look().name  # a retried create names the same Workflow
+    assert look(attempt="d4e5f6").name != look().name  # a resumed sweep runs it anew
+    # ... and names stay apart where the readable part is cut short (40-character tags)
+    names = {look(tag="t" * 40, variant=f"c{c}_n{n}").name for c in range(1, 33) for n in
+             range(1, 17)}  # fmt: skip
+    assert len(names) == 32 * 16
+
+
+def template(cpu="2.0", limit=None, branch="test.c2_n64_t", tags='["t"]', title=None, gpus=None):
     limits = ({"cpu": limit} if limit else {}) | ({"nvidia.com/gpu": gpus} if gpus else {})
     resources = {"requests": {"cpu": cpu}, "limits": limits}
     return {
@@ -168,7 +180,7 @@ def template(cpu="2.0", limit=None, branch="test.t_c2_n64", tags='["t"]', title=
 
 def problems(document, qos=False, device="cpu"):
     settings = VariantSettings(cpu=2, tensor_dim=64, device=device)
-    return manifests.variant_problems(document, settings, "t_c2_n64", "t", guaranteed_qos=qos)
+    return manifests.variant_problems(document, settings, "c2_n64_t", "t", guaranteed_qos=qos)
 
 
 def test_a_good_variant_template_has_no_problem():

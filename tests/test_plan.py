@@ -24,10 +24,16 @@ def test_two_sweeps_started_in_the_same_second_get_different_tags():
     assert all(check_tag(tag) == tag for tag in tags)
 
 
-@pytest.mark.parametrize("tag", ["Sweep", "a-b", "", "x" * 41, "sweep 1"])
-def test_rejects_tags_unusable_in_branch_names(tag):
-    with pytest.raises(ConfigError, match="tag="):
+@pytest.mark.parametrize("tag", ["Sweep", "a-b", "", "x" * 41, "sweep 1", "_a", "a_", "_"])
+def test_rejects_tags_unusable_in_branch_names_or_as_label_values(tag):
+    with pytest.raises(ConfigError, match="tag=") as error:
         check_tag(tag)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("tag", ["a", "a_b", "x" * 40, "sweep_1"])
+def test_accepts_tags_that_are_label_values(tag):
+    assert check_tag(tag) == tag
 
 
 def test_branches_are_valid_metaflow_branch_names():

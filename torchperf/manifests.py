@@ -7,7 +7,9 @@ share one definition of a good manifest.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from torchperf.settings import ConfigError, VariantSettings
 REDACTED = "<redacted>"
 # Labels on every Workflow the sweep starts: the Argo UI filters by them, and so does the sweep.
 TAG_LABEL, VARIANT_LABEL = "torchperf/tag", "torchperf/variant"
+ATTEMPT_LABEL = "torchperf/attempt"  # one sweep command: a Workflow it finds by name is its own
 TITLE, DESCRIPTION = "workflows.argoproj.io/title", "workflows.argoproj.io/description"
 GPU_RESOURCE = "nvidia.com/gpu"  # what Metaflow's @resources(gpu=1) asks Kubernetes for
 # Env vars whose values may carry credentials (service headers carry API keys).
@@ -28,22 +31,30 @@ SECRET_ANNOTATIONS = ("metaflow/production_token",)
 
 # Argo puts a Workflow's name into its pods' labels, whose values stop at 63 characters.
 MAX_WORKFLOW_NAME = 63
-GENERATED_SUFFIX = 5  # the random characters Kubernetes appends to a generateName
+NAME_DIGEST = 10  # hex digits of the name's hash: 40 bits, no collision among any sweep's names
 
 
 @dataclass(frozen=True)
 class WorkflowLook:
     """How one of the sweep's Workflows reads in the Argo UI, and when it goes away."""
 
-    generate_name: str  # the variant stays readable where Metaflow hashed the template's name
-    labels: dict  # the sweep's tag and the variant: what the UI and the sweep select by
+    name: str  # ours, so that a create retried after a lost answer finds the first one
+    labels: dict  # the sweep's tag, the variant and the attempt: what the UI and the sweep select
     annotations: dict  # title and description, shown by the Argo UI
-    spec: dict  # ttlStrategy and podGC: finished Workflows and their pods are cleaned up
+    spec: dict  # ttlStrategy, podGC, activeDeadlineSeconds: nothing outlives its use
 
 
 def kube_name(text: str) -> str:
     """``text`` as a DNS-1123 name fragment: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def workflow_name(tag: str, variant: str, attempt: str) -> str:
+    """The name of the Workflow of ``variant`` in one attempt at sweep ``tag``: readable, within
+    Kubernetes' limits, the same every time it is asked for."""
+    digest = hashlib.sha256(f"{tag}/{variant}/{attempt}".encode()).hexdigest()[:NAME_DIGEST]
+    prefix = f"torchperf-{kube_name(variant)}-{kube_name(tag)}"
+    return f"{prefix[: MAX_WORKFLOW_NAME - NAME_DIGEST - 1].rstrip('-')}-{digest}"
 
 
 def workflow_look(
@@ -52,19 +63,21 @@ def workflow_look(
     title: str,
     description: str,
     *,
+    attempt: str,
     ttl_seconds: int,
     pod_gc: str,
+    deadline_seconds: float,
 ) -> WorkflowLook:
     """The look of the Workflows of one variant (or of the analytics, ``variant="analytics"``)."""
-    prefix = f"torchperf-{kube_name(variant)}-{kube_name(tag)}"
-    prefix = prefix[: MAX_WORKFLOW_NAME - GENERATED_SUFFIX - 1].rstrip("-")
     return WorkflowLook(
-        generate_name=f"{prefix}-",
-        labels={TAG_LABEL: tag, VARIANT_LABEL: variant},
+        name=workflow_name(tag, variant, attempt),
+        labels={TAG_LABEL: tag, VARIANT_LABEL: variant, ATTEMPT_LABEL: attempt},
         annotations={TITLE: title, DESCRIPTION: description},
         spec={
             "ttlStrategy": {"secondsAfterCompletion": int(ttl_seconds)},
             "podGC": {"strategy": pod_gc},
+            # Argo stops it even when the sweep that started it is gone.
+            "activeDeadlineSeconds": math.ceil(deadline_seconds),
         },
     )
 

@@ -13,7 +13,9 @@ from torchperf.errors import ConfigError
 
 # Metaflow accepts only these in a @project branch name.
 BRANCH_PATTERN = re.compile(r"^[a-z0-9_]+$")
-TAG_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
+# A tag is also a Kubernetes label value (torchperf/tag on Argo objects): it must begin and end
+# with a letter or digit.
+TAG_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9_]{0,38}[a-z0-9])?$")
 # The keys a sweep may vary; everything else is shared by all variants.
 SWEPT_KEYS = ("cpu", "tensor_dim", "measure_seconds", "memory_mb", "device")
 
@@ -25,9 +27,12 @@ def new_sweep_tag(now: datetime | None = None) -> str:
 
 
 def check_tag(tag: str) -> str:
-    """A tag must be usable inside branch and event names."""
+    """A tag must be usable inside branch and event names, and as a Kubernetes label value."""
     if not TAG_PATTERN.match(tag):
-        raise ConfigError(f"tag={tag!r} must be 1-40 lowercase letters, digits or underscores")
+        raise ConfigError(
+            f"tag={tag!r} must be 1-40 lowercase letters, digits or underscores, beginning and "
+            "ending with a letter or digit"
+        )
     return tag
 
 
@@ -37,8 +42,13 @@ def variant_id(cpu: int, tensor_dim: int, device: str = "cpu") -> str:
 
 
 def branch_name(tag: str, cpu: int, tensor_dim: int, device: str = "cpu") -> str:
-    """The @project branch of one variant: its own namespace in Metaflow and in Argo."""
-    branch = f"{tag}_{variant_id(cpu, tensor_dim, device)}"
+    """The @project branch of one variant: its own namespace in Metaflow and in Argo.
+
+    The variant comes first: Metaflow names an Argo WorkflowTemplate after the start of the
+    branch plus a 25-bit hash once the name passes 45 characters, so a branch that began with
+    the tag would leave 500 variants of one sweep to the hash alone (about 0.4 % collide).
+    """
+    branch = f"{variant_id(cpu, tensor_dim, device)}_{tag}"
     assert BRANCH_PATTERN.match(branch), branch
     return branch
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import math
 import os
+import secrets
 import sys
 import threading
 import time
@@ -29,7 +31,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from torchperf import manifests
-from torchperf.backends.argo_deploy import Create, Created, DeployFailed, DeployPool
+from torchperf.backends.argo_deploy import (
+    CREATE_GRACE_SECONDS,
+    Create,
+    Created,
+    DeployFailed,
+    DeployPool,
+)
 from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
 from torchperf.errors import one_line
 from torchperf.manifests import TAG_LABEL, WorkflowLook
@@ -222,44 +230,87 @@ def resolve_settings(
 
 
 # API answers worth another try: the server was busy or briefly away, nothing was changed.
-TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
+# How long one request may take (seconds): a half-open connection (a VPN change, a laptop that
+# slept) fails within it instead of hanging, and Ctrl-C waits for no request longer.
+REQUEST_SECONDS = 8.0
+# How long a call keeps trying through transient errors: an API server restart or a control
+# plane blip of a minute or two changes no variant's status.
+PATIENCE_SECONDS = 180.0
+MAX_BACKOFF_SECONDS = 5.0  # the API's return is noticed within this
+# Once a sweep is interrupted, every call still to make ends within this (Ctrl-C answered).
+TEARDOWN_SECONDS = 5.0
+GONE = "the Workflow was deleted outside the sweep"
 
 
 class Argo:
     """The few Argo API calls made directly: trigger, read a phase, label, terminate, delete.
 
-    Every call is retried on a transient error (a busy or restarting API server), so that a
-    blip does not fail a variant; a 404 on terminate or delete means already gone.
+    Every request is bounded (``request_seconds``) and every call retried through transient
+    errors for up to ``patience_seconds``; ``hurry`` bounds whatever is still to come when the
+    sweep ends. A 404 on terminate or delete means already gone.
     """
 
-    def __init__(self, settings: ArgoSettings, attempts: int = 5, backoff_seconds: float = 0.5):
+    def __init__(
+        self,
+        settings: ArgoSettings,
+        *,
+        request_seconds: float = REQUEST_SECONDS,
+        patience_seconds: float = PATIENCE_SECONDS,
+        backoff_seconds: float = 0.5,
+    ):
         from kubernetes import client, config
 
+        configuration = client.Configuration()
         if settings.kubeconfig is None:
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            api_client = client.ApiClient(configuration)
         else:
-            api_client = config.new_client_from_config(config_file=str(settings.kubeconfig))
-        self.api = client.CustomObjectsApi(api_client)
+            config.load_kube_config(str(settings.kubeconfig), client_configuration=configuration)
+        # urllib3 would retry a timed-out read three times on its own: the retries here are
+        # the only ones, so that a request's bound is its bound.
+        configuration.retries = False
+        self.api = client.CustomObjectsApi(client.ApiClient(configuration))
         self.rest = client.rest
         self.namespace = settings.namespace
-        self.attempts = attempts
+        self.request_seconds = request_seconds
+        self.patience_seconds = patience_seconds
         self.backoff_seconds = backoff_seconds
+        self._ending = threading.Event()  # set by hurry: retries wake up and meet the deadline
+        self._deadline = math.inf  # monotonic time no call may outlast, once the sweep ends
+
+    def hurry(self, seconds: float = TEARDOWN_SECONDS) -> None:
+        """The sweep is ending: no call, running or to come, lasts past ``seconds`` from now."""
+        self._deadline = min(self._deadline, time.monotonic() + seconds)
+        self._ending.set()
 
     def _call(self, method: str, *args, **kwargs):
         from urllib3.exceptions import HTTPError as TransportError
 
-        for attempt in range(self.attempts):
+        limit = time.monotonic() + self.patience_seconds
+        delay, last = self.backoff_seconds, None
+        while True:
+            left = min(limit, self._deadline) - time.monotonic()
+            if left <= 0:
+                raise last or TimeoutError("the sweep is ending: no time left for the API")
+            timeout = min(self.request_seconds, left)
             try:
-                return getattr(self.api, method)(*args, **kwargs)
+                return getattr(self.api, method)(
+                    *args, _request_timeout=(min(timeout, 5.0), timeout), **kwargs
+                )
             except self.rest.ApiException as error:
-                if error.status not in TRANSIENT_STATUSES or attempt == self.attempts - 1:
+                if error.status not in TRANSIENT_STATUSES:
                     raise
-            except TransportError:
-                if attempt == self.attempts - 1:
-                    raise
-            time.sleep(self.backoff_seconds * 2**attempt)
+                last = error
+            except TransportError as error:
+                last = error
+            left = min(limit, self._deadline) - time.monotonic()
+            if left <= 0:
+                raise last
+            if self._ending.is_set():  # short tries until the deadline
+                time.sleep(min(delay, left, 0.2))
+            else:  # hurry wakes this at once
+                self._ending.wait(min(delay, left))
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _get(self, plural: str, name: str, namespace: str | None = None) -> dict | None:
         try:
@@ -281,8 +332,12 @@ class Argo:
         )  # fmt: skip
 
     def phase(self, name: str) -> tuple[str, str]:
-        """(phase, message); Error counts as Failed, as Metaflow reports it."""
-        status = (self._get("workflows", name) or {}).get("status") or {}
+        """(phase, message); Error counts as Failed, as Metaflow reports it, and so does a
+        Workflow that is no longer there."""
+        workflow = self._get("workflows", name)
+        if workflow is None:
+            return "Failed", GONE
+        status = workflow.get("status") or {}
         phase = status.get("phase") or "Pending"
         return ("Failed" if phase == "Error" else phase), status.get("message") or ""
 
@@ -291,12 +346,14 @@ class Argo:
 
         The same request Metaflow's trigger sends, without the Python start-up that the
         Deployer's trigger costs per variant, plus what makes it readable and tidy in the UI.
+        It is named by ``look``: a create retried after its answer was lost finds the Workflow
+        the first one made (409) and takes it, if its labels say it is this attempt's.
         """
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Workflow",
             "metadata": {
-                "generateName": look.generate_name,
+                "name": look.name,
                 "labels": look.labels,
                 "annotations": {
                     **look.annotations,
@@ -309,10 +366,19 @@ class Argo:
                 **look.spec,
             },
         }
-        created = self._call(
-            "create_namespaced_custom_object", GROUP, VERSION, self.namespace, "workflows", body
-        )
-        return created["metadata"]["name"]
+        try:
+            self._call(
+                "create_namespaced_custom_object", GROUP, VERSION, self.namespace, "workflows", body
+            )
+        except self.rest.ApiException as error:
+            if error.status != 409:
+                raise
+            found = (self._get("workflows", look.name) or {}).get("metadata", {})
+            if not look.labels.items() <= (found.get("labels") or {}).items():
+                raise RuntimeError(
+                    f"a Workflow {look.name} exists that is not this sweep's"
+                ) from None
+        return look.name
 
     def dress_template(self, template: str, look: WorkflowLook) -> dict:
         """Give every Workflow started from ``template`` (by a Sensor too) the look's labels,
@@ -408,6 +474,8 @@ class ArgoBackend:
         pod_gc: str = "OnPodSuccess",
         flow_file: str = "torchtest.py",
         analytics_file: str = "sweep_analytics.py",
+        api_request_seconds: float = REQUEST_SECONDS,
+        api_patience_seconds: float = PATIENCE_SECONDS,
         environ: Mapping[str, str] | None = None,
     ):
         self.max_parallel = max_parallel
@@ -420,6 +488,8 @@ class ArgoBackend:
         self.poll_seconds = poll_seconds
         self.workflow_ttl_seconds = workflow_ttl_seconds
         self.pod_gc = pod_gc
+        self.api_request_seconds = api_request_seconds
+        self.api_patience_seconds = api_patience_seconds
         self.flow_file = str(flow_path(flow_file))
         self.analytics_file = str(flow_path(analytics_file))
         self.environ = dict(os.environ if environ is None else environ)
@@ -438,6 +508,10 @@ class ArgoBackend:
         self._torn_down = False
         self._sweep_tag: str | None = None  # known from preflight on: the label to select by
         self._manifests: Path | None = None  # where what was compiled or deployed is written
+        # This command's attempt at the sweep: its Workflows' names and a label (a resumed
+        # sweep runs a variant again under a new name).
+        self._attempt = secrets.token_hex(3)
+        self._leftovers: list[str] = []  # what teardown could not do, one line each
 
     # -- creates -----------------------------------------------------------------------------
     def _env(self, image: str | None = None) -> dict:
@@ -488,15 +562,18 @@ class ArgoBackend:
 
     def _look(self, sweep: SweepSpec, variant: str, title: tuple[str, str]) -> WorkflowLook:
         return manifests.workflow_look(
-            sweep.tag, variant, *title, ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc
-        )
+            sweep.tag, variant, *title, attempt=self._attempt,
+            ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc,
+            deadline_seconds=sweep.variant_timeout_seconds,
+        )  # fmt: skip
 
     def _close_deploys(self) -> None:
         """Stop the create workers, once the creates still running have ended (or a grace)."""
         deploys, self._deploys = self._deploys, None
         if deploys is None:
             return
-        late = deploys.close()
+        # Interrupted: Ctrl-C stopped the creates already; otherwise they may finish.
+        late = deploys.close(TEARDOWN_SECONDS if self._cancelled.is_set() else CREATE_GRACE_SECONDS)
         if late:
             print(
                 f"warning: {len(late)} create(s) had not ended when the sweep stopped: look for "
@@ -579,11 +656,16 @@ class ArgoBackend:
         compiled = [
             (v, s, self._variant_create(sweep, v, s, only_json=True)) for v, s in sweep.planned
         ]
+        names: dict[str, str] = {}  # template name -> variant
         for variant, settings, future in compiled:
             template = _compiled(future, f"variant {variant.id}").template
             why = self._template_problem(sweep, variant, settings, template, held=False)
+            name = template["metadata"]["name"]
+            if name in names:  # one would replace the other on the cluster
+                why = f"its WorkflowTemplate name {name} is {names[name]}'s too"
             if why:
                 raise ConfigError(f"variant {variant.id}: {why}")
+            names[name] = variant.id
             manifests.write_manifest(
                 self._manifests / f"{variant.id}.workflowtemplate.json", template
             )
@@ -596,8 +678,12 @@ class ArgoBackend:
     # -- running -----------------------------------------------------------------------------
     def _start(self, sweep: SweepSpec) -> None:
         """Deploy the analytics flow, check it, then put every pending variant in flight."""
-        self._argo = Argo(self._settings)
-        atexit.register(self._teardown)  # a last resort if finish is never reached
+        self._argo = Argo(
+            self._settings,
+            request_seconds=self.api_request_seconds,
+            patience_seconds=self.api_patience_seconds,
+        )
+        atexit.register(self._last_resort)
         try:
             created = self._analytics_create(sweep).result()
         except DeployFailed as error:
@@ -664,7 +750,7 @@ class ArgoBackend:
             return Outcome("failed", message=f"{variant.id}: {one_line(error)}")
         finally:
             if not self.keep_deployments:
-                self._delete_template(created.name)
+                self._tidy(f"delete WorkflowTemplate {created.name}", self._delete, created.name)
 
     def _check_and_run(
         self, sweep: SweepSpec, variant: Variant, settings: VariantSettings, created: Created
@@ -681,13 +767,19 @@ class ArgoBackend:
         # Metaflow names an Argo run after its workflow.
         return self._wait(sweep, variant, workflow, f"{created.flow_name}/argo-{workflow}")
 
-    def _delete_template(self, name: str) -> None:
-        """Delete one template; a failure is reported (teardown tries again), never raised."""
+    def _delete(self, template: str) -> None:
+        self._argo.delete("workflowtemplates", template)
+        self._templates.discard(template)
+
+    def _tidy(self, what: str, step, *args) -> bool:
+        """Run one teardown step; a failure is kept for the report, never raised: it changes
+        no variant's outcome (teardown tries a template again)."""
         try:
-            self._argo.delete("workflowtemplates", name)
-        except Exception as error:  # noqa: BLE001 - a variant's outcome does not depend on it
-            print(f"warning: WorkflowTemplate {name} not deleted: {one_line(error)}",
-                  file=sys.stderr)  # fmt: skip
+            step(*args)
+            return True
+        except Exception as error:  # noqa: BLE001 - reported once, at the end of teardown
+            self._leftovers.append(f"{what}: {one_line(error)}")
+            return False
 
     def _wait(self, sweep: SweepSpec, variant: Variant, workflow: str, run: str) -> Outcome:
         deadline = time.monotonic() + sweep.variant_timeout_seconds
@@ -696,10 +788,10 @@ class ArgoBackend:
             if phase not in RUNNING:
                 break
             if self._cancelled.is_set():
-                self._argo.terminate(workflow)
+                self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
                 return Outcome("cancelled", run=run, message="the sweep was interrupted")
             if time.monotonic() > deadline:
-                self._argo.terminate(workflow)
+                self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
                 return Outcome(
                     "timeout",
                     run=run,
@@ -717,6 +809,8 @@ class ArgoBackend:
         starts another analytics run (the Sensor goes first), running workflows are
         terminated."""
         self._cancelled.set()
+        if self._argo is not None:
+            self._argo.hurry()  # whatever the API does, the calls still to make end in seconds
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._deploys is not None:
@@ -726,10 +820,16 @@ class ArgoBackend:
     def _stop_running(self) -> None:
         if self._argo is None:
             return
-        if self._sensor and not self.keep_deployments and self._sweep_tag:
-            self._argo.delete("sensors", self._sensor[1], self._sensor[0])
-        for workflow in self._argo.running(self._sweep_tag):
-            self._argo.terminate(workflow)
+        if self._sensor and not self.keep_deployments:
+            namespace, name = self._sensor
+            if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete, "sensors",
+                          name, namespace):  # fmt: skip
+                self._sensor = None
+        running: list[str] = []
+        if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, running,
+                      self._argo.running, self._sweep_tag):  # fmt: skip
+            for workflow in running:
+                self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
@@ -744,7 +844,7 @@ class ArgoBackend:
             if not interrupted and not self._cancelled.is_set():
                 workflow = self._argo.trigger(
                     self._analytics, self._user, self._analytics_look(sweep)
-                )
+                )  # named like no other: a resumed sweep's attempts differ
                 run = f"SweepAnalyticsFlow/argo-{workflow}"
                 deadline = time.monotonic() + sweep.variant_timeout_seconds
                 while (phase := self._argo.phase(workflow))[0] in RUNNING:
@@ -759,18 +859,39 @@ class ArgoBackend:
 
     def _teardown(self) -> None:
         """Stop the Sensor and what still runs, let creates in flight end, then delete every
-        template, unless kept."""
+        template, unless kept; say what could not be done."""
         if self._torn_down or self._argo is None:
             self._close_deploys()
             return
         self._torn_down = True
+        self._leftovers.clear()  # what failed before is tried again here
         try:
             self._stop_running()
         finally:
             self._close_deploys()  # a create that ends now adds its template to the list
             if not self.keep_deployments:
                 for template in sorted(self._templates):
-                    self._delete_template(template)
+                    self._tidy(f"delete WorkflowTemplate {template}", self._delete, template)
+            self._report_leftovers()
+
+    def _report_leftovers(self) -> None:
+        if not self._leftovers:
+            return
+        print(
+            f"warning: teardown left {len(self._leftovers)} thing(s) undone on the cluster "
+            f"(all labelled {TAG_LABEL}={self._sweep_tag}); first: {self._leftovers[0]}",
+            file=sys.stderr,
+        )
+
+    def _last_resort(self) -> None:
+        """At exit, if finish was never reached: the same teardown, in seconds."""
+        if not self._torn_down and self._argo is not None:
+            self._argo.hurry()
+            self._teardown()
+
+
+def _into(items: list, call, *args) -> None:
+    items.extend(call(*args))
 
 
 def _interrupted() -> Outcome:
