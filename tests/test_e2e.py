@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -67,6 +68,13 @@ def test_failed_variants_give_a_nonzero_exit_and_the_others_still_run(finished):
         (32, True): "failed",
         (48, True): "failed",
     }
+
+
+def test_a_failed_variant_says_why_not_only_which_step_failed(finished):
+    messages = [v["message"] for v in finished["summary"]["variants"] if v["status"] == "failed"]
+    assert len(messages) == 2
+    for message in messages:  # the step's exception, e.g. "AssertionError: Torch not compiled..."
+        assert re.match(r"^\w+(Error|Exception): ", message), message
 
 
 def test_summary_names_each_run_and_branch(finished):

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
-from torchperf.errors import one_line
+from torchperf.errors import failure_reason, one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import (
@@ -180,7 +180,9 @@ class _VariantLife:
                     "timeout", executing.run.pathspec, message=f"stopped after {timeout:g} s"
                 )
             if executing.status != "successful":
-                return Outcome("failed", executing.run.pathspec, message=one_line(executing.stderr))
+                # A step's traceback is in the run's stdout; Metaflow's summary in stderr.
+                why = failure_reason(f"{executing.stdout}\n{executing.stderr}")
+                return Outcome("failed", executing.run.pathspec, message=why)
             result = executing.run.data.result
             details = details_of(result)  # read here once: the sweep need not load the run again
             return Outcome(
