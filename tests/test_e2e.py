@@ -59,7 +59,7 @@ def finished(tmp_path_factory):
 def test_failed_variants_give_a_nonzero_exit_and_the_others_still_run(finished):
     assert finished["done"].returncode == 1, finished["done"].stderr
     statuses = {
-        (v["tensor_dim"], v["branch"].endswith("cuda")): v["status"]
+        (v["tensor_dim"], v["device"] == "cuda"): v["status"]
         for v in finished["summary"]["variants"]
     }
     assert statuses == {
@@ -81,7 +81,7 @@ def test_summary_names_each_run_and_branch(finished):
     summary = finished["summary"]
     assert summary["backend"] == "local" and summary["planned"] == 4
     for entry in summary["variants"]:
-        device = "cuda" if entry["branch"].endswith("cuda") else "cpu"
+        device = entry["device"]
         assert entry["branch"] == branch_name(
             summary["tag"], entry["cpu"], entry["tensor_dim"], device
         )
