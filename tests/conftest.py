@@ -34,7 +34,7 @@ def pytest_configure(config):
     # typing_extensions (hera's, torch's). See manifests.import_models.
     import torch  # noqa: F401
 
-    from torchperf.manifests import import_models
+    from torchperf.backends.argo.manifests import import_models
 
     import_models()
 

@@ -25,7 +25,7 @@ from cluster.metadata import start_metadata_service
 from cluster.s3 import start_moto
 from torchperf.backends.argo import ArgoBackend
 from torchperf.backends.base import SweepSpec
-from torchperf.manifests import TITLE
+from torchperf.backends.argo.manifests import TITLE
 from torchperf.plan import Variant, branch_name, event_name
 from torchperf.settings import ConfigError, VariantSettings
 
@@ -521,7 +521,7 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
 
     import boto3
 
-    from torchperf.backends.argo_deploy import Create, DeployPool
+    from torchperf.backends.argo.deploy import Create, DeployPool
     from torchperf.backends.base import flow_path
 
     # GIVEN the variant flow compiled with Metaflow's create(only_json=True), as a dry run does
@@ -553,7 +553,7 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     # (tests/, benchmarks/, cluster/ stay out however they grow)
     user = {name.split("/")[0] for name in names if not name.startswith(".mf_")}
     assert user == {"torchtest.py", "sweep_analytics.py", "torchperf"}
-    assert "torchperf/bench.py" in names and "torchperf/backends/argo.py" in names
+    assert "torchperf/bench.py" in names and "torchperf/backends/argo/backend.py" in names
     # ... beside Metaflow itself and the card extension the pods load
     assert any(name.startswith(".mf_code/metaflow/") for name in names)
     assert any(name.startswith(".mf_code/metaflow_extensions/torchperf/") for name in names)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from torchperf import manifests
+from torchperf.backends.argo import manifests
 from torchperf.backends.argo import COMPILE_NEEDS, UNSET_IMAGE, resolve_settings, variant_title
 from torchperf.settings import ConfigError, VariantSettings
 

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 from torchperf.plan import Variant
 from torchperf.settings import VariantSettings
 
-STATUSES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
+
+class Status(str, Enum):
+    """How a variant ended. Each member equals its string, which summary.json and the card keep
+    (``Status.FAILED == "failed"``); an Outcome made with the string holds the member."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(status.value for status in Status)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -64,7 +80,7 @@ class SweepSpec:
 class Outcome:
     """How one variant ended."""
 
-    status: str  # one of STATUSES
+    status: Status  # a Status, or its string
     run: str | None = None  # Metaflow pathspec, e.g. "TorchPerfFlow/1795717425234887"
     gflops: float | None = None  # the measured median, when it succeeded
     message: str | None = None  # why it did not succeed, one line
@@ -73,6 +89,9 @@ class Outcome:
     # (the sweep reads them from the run).
     gflops_ci: list[float] | None = None
     warnings: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a misspelt status fails here, where it is made
 
 
 class Backend(Protocol):

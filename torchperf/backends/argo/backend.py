@@ -6,7 +6,7 @@ analytics flow and submits every pending variant to a pool of ``max_parallel`` t
 that chooses values as it goes, is submitted when it comes).
 
 A variant's life: Metaflow's public ``Deployer(...).argo_workflows().create(...)`` creates its
-WorkflowTemplate (in a worker process: argo_deploy.py); what the API then holds is checked
+WorkflowTemplate (in a worker process: deploy.py); what the API then holds is checked
 against our invariants and hera's models; a Workflow is started from it, watched, and the
 template deleted once it has ended. Trigger, status, terminate and delete are single
 Kubernetes API calls made here, the requests Metaflow itself sends, so that no variant waits
@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
-import math
 import os
 import secrets
 import sys
@@ -30,410 +29,27 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from torchperf import manifests
-from torchperf.backends.argo_deploy import (
+from torchperf.backends.argo import manifests
+from torchperf.backends.argo.api import (
+    PATIENCE_SECONDS,
+    REQUEST_SECONDS,
+    TEARDOWN_SECONDS,
+    Argo,
+    Phase,
+)
+from torchperf.backends.argo.deploy import (
     CREATE_GRACE_SECONDS,
     Create,
     Created,
     DeployFailed,
     DeployPool,
 )
-from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
+from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook
+from torchperf.backends.argo.settings import ArgoSettings, resolve_settings
+from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path
 from torchperf.errors import one_line
-from torchperf.manifests import TAG_LABEL, WorkflowLook
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings, parse_variant_config
-
-GROUP, VERSION = "argoproj.io", "v1alpha1"
-RUNNING = ("Pending", "Running")
-# The datastores pods can read the code package and artifacts from, with their root setting.
-DATASTORE_ROOTS = {
-    "s3": "DATASTORE_SYSROOT_S3",
-    "gs": "DATASTORE_SYSROOT_GS",
-    "azure": "DATASTORE_SYSROOT_AZURE",
-}
-# What compiling the analytics flow's Sensor needs (a dry run too); each says what it is for.
-COMPILE_NEEDS = {
-    "ARGO_EVENTS_EVENT": "the Argo Events event the analytics Sensor listens on",
-    "ARGO_EVENTS_EVENT_SOURCE": "the Argo Events event source of the analytics Sensor",
-    "ARGO_EVENTS_SERVICE_ACCOUNT": "the service account of the analytics Sensor",
-}
-# Shown in a dry run's manifests where no image is set: a deploy refuses it.
-UNSET_IMAGE = "torchperf-image-not-set"
-
-
-# -- settings -------------------------------------------------------------------------------
-
-
-def metaflow_settings(environ: Mapping[str, str]) -> dict[str, str]:
-    """Metaflow's configuration as Metaflow resolves it: the profile's file, then METAFLOW_* env."""
-    home = environ.get("METAFLOW_HOME", "~/.metaflowconfig")
-    profile = environ.get("METAFLOW_PROFILE")
-    path = Path(home, f"config_{profile}.json" if profile else "config.json").expanduser()
-    values = json.loads(path.read_text()) if path.exists() else {}
-    settings = {k.removeprefix("METAFLOW_"): str(v) for k, v in values.items() if v is not None}
-    settings.update(
-        {k.removeprefix("METAFLOW_"): v for k, v in environ.items() if k[:9] == "METAFLOW_"}
-    )
-    return settings
-
-
-def kubeconfig_path(environ: Mapping[str, str]) -> Path | None:
-    """The kubeconfig the kubernetes client would load, or None inside a cluster."""
-    if environ.get("KUBERNETES_SERVICE_HOST"):
-        return None
-    first = (environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
-    path = Path(first or "~/.kube/config").expanduser()
-    if not path.is_file():
-        raise ConfigError(f"kubeconfig {path} not found: set KUBECONFIG or create ~/.kube/config")
-    return path
-
-
-def datastore(config: Mapping[str, str]) -> str:
-    """The datastore pods share with this machine: Metaflow's default if it is one pods can
-    reach (s3, gs, azure), else S3 where its root is set; its root must be set."""
-    chosen = config.get("DEFAULT_DATASTORE", "local")
-    if chosen not in DATASTORE_ROOTS and config.get(DATASTORE_ROOTS["s3"]):
-        chosen = "s3"
-    if chosen not in DATASTORE_ROOTS:
-        raise ConfigError(
-            f"METAFLOW_DEFAULT_DATASTORE={chosen}: pods cannot read it; "
-            f"set it to one of {', '.join(DATASTORE_ROOTS)} and its METAFLOW_DATASTORE_SYSROOT_*"
-        )
-    if not config.get(DATASTORE_ROOTS[chosen]):
-        raise ConfigError(
-            f"METAFLOW_{DATASTORE_ROOTS[chosen]} is not set "
-            f"(where the pods read the code package and write results)"
-        )
-    return chosen
-
-
-def probe_service(url: str, headers: str | None, timeout: float = 5.0) -> None:
-    """The metadata service answers at ``url`` (any HTTP status but an auth refusal or a server
-    error counts as reachable); ConfigError naming the setting otherwise."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        url.rstrip("/") + "/ping", headers=json.loads(headers) if headers else {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return
-    except urllib.error.HTTPError as error:
-        if error.code in (401, 403):
-            raise ConfigError(
-                f"METAFLOW_SERVICE_URL={url} refused us ({error.code}): "
-                "check METAFLOW_SERVICE_HEADERS"
-            ) from None
-        if error.code < 500:
-            return
-        why = f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        why = str(getattr(error, "reason", error))
-    raise ConfigError(f"METAFLOW_SERVICE_URL={url} is unreachable ({why})")
-
-
-@dataclasses.dataclass(frozen=True)
-class ArgoSettings:
-    namespace: str  # where templates and workflows live
-    sensor_namespace: str  # where the analytics Sensor lives
-    kubeconfig: Path | None  # None: in-cluster credentials
-    datastore: str  # s3, gs or azure: the code package and the results travel through it
-    env: dict  # what the Deployer's subprocesses get on top of this process's environment
-    still_needed: list[str] = dataclasses.field(default_factory=list)  # dry run: for a deploy
-
-
-def resolve_settings(
-    environ: Mapping[str, str],
-    *,
-    namespace: str | None,
-    image: str | None,
-    guaranteed_qos: bool,
-    dry_run: bool = False,
-    live_analytics: bool = True,
-    probe=probe_service,
-) -> ArgoSettings:
-    """Check the settings a deploy needs, or in a dry run only what compiling needs (listing the
-    rest in ``still_needed``); raise ConfigError naming the first missing one."""
-    config = metaflow_settings(environ)
-    if namespace:
-        config["KUBERNETES_NAMESPACE"] = namespace
-    for key, why in COMPILE_NEEDS.items():
-        if not config.get(key):
-            raise ConfigError(f"METAFLOW_{key} is not set ({why}): add it to Metaflow's config")
-    store = datastore(config)
-    problems: list[str] = []  # fatal for a deploy; a dry run lists them
-
-    def need(check):
-        try:
-            return check()
-        except ConfigError as error:
-            problems.append(str(error))
-            return None
-
-    def require(key: str, why: str) -> str:
-        if not config.get(key):
-            raise ConfigError(f"METAFLOW_{key} is not set ({why}): add it to Metaflow's config")
-        return config[key]
-
-    def metadata_service() -> None:
-        provider = config.get("DEFAULT_METADATA", "local")
-        if provider != "service":
-            raise ConfigError(
-                f"METAFLOW_DEFAULT_METADATA={provider}: the pods' results stay invisible without "
-                "a metadata service; set it to service, with METAFLOW_SERVICE_URL"
-            )
-        url = require("SERVICE_URL", "the metadata service the pods and this machine share")
-        if not dry_run:
-            probe(url, config.get("SERVICE_HEADERS"))
-
-    need(lambda: require("KUBERNETES_NAMESPACE", "the namespace of the sweep's workflows"))
-    kubeconfig = need(lambda: kubeconfig_path(environ))
-    need(metadata_service)
-    if live_analytics and not config.get("ARGO_EVENTS_WEBHOOK_URL"):
-        # Metaflow gives pods the internal URL, which defaults to the plain one.
-        need(
-            lambda: require(
-                "ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
-                "the in-cluster webhook a successful variant's pod publishes its event to",
-            )
-        )
-    if not image:
-        problems.append(
-            "backend.image is not set: build image/Dockerfile (make image IMAGE=...), push it "
-            "and pass backend.image=... or set TORCHPERF_IMAGE"
-        )
-    if problems and not dry_run:
-        raise ConfigError(problems[0])
-    env = {
-        "METAFLOW_KUBERNETES_NAMESPACE": config.get("KUBERNETES_NAMESPACE") or "default",
-        "METAFLOW_DEFAULT_DATASTORE": store,
-        "METAFLOW_KUBERNETES_CONTAINER_IMAGE": image or UNSET_IMAGE,
-        # Guaranteed QoS makes the CPU limit equal the request: "N CPUs" is N, not N-or-more.
-        "METAFLOW_KUBERNETES_QOS": "guaranteed" if guaranteed_qos else "burstable",
-    }
-    if kubeconfig:
-        env["KUBECONFIG"] = str(kubeconfig)
-    return ArgoSettings(
-        namespace=env["METAFLOW_KUBERNETES_NAMESPACE"],
-        sensor_namespace=config.get("ARGO_EVENTS_SENSOR_NAMESPACE")
-        or env["METAFLOW_KUBERNETES_NAMESPACE"],
-        kubeconfig=kubeconfig,
-        datastore=store,
-        env=env,
-        still_needed=problems,
-    )
-
-
-# -- the Kubernetes side ---------------------------------------------------------------------
-
-
-# API answers worth another try: the server was busy or briefly away, nothing was changed.
-TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
-# How long one request may take (seconds): a half-open connection (a VPN change, a laptop that
-# slept) fails within it instead of hanging, and Ctrl-C waits for no request longer.
-REQUEST_SECONDS = 8.0
-# How long a call keeps trying through transient errors: an API server restart or a control
-# plane blip of a minute or two changes no variant's status.
-PATIENCE_SECONDS = 180.0
-MAX_BACKOFF_SECONDS = 5.0  # the API's return is noticed within this
-# Once a sweep is interrupted, every call still to make ends within this (Ctrl-C answered).
-TEARDOWN_SECONDS = 5.0
-GONE = "the Workflow was deleted outside the sweep"
-
-
-class Argo:
-    """The few Argo API calls made directly: trigger, read a phase, label, terminate, delete.
-
-    Every request is bounded (``request_seconds``) and every call retried through transient
-    errors for up to ``patience_seconds``; ``hurry`` bounds whatever is still to come when the
-    sweep ends. A 404 on terminate or delete means already gone.
-    """
-
-    def __init__(
-        self,
-        settings: ArgoSettings,
-        *,
-        request_seconds: float = REQUEST_SECONDS,
-        patience_seconds: float = PATIENCE_SECONDS,
-        backoff_seconds: float = 0.5,
-    ):
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        if settings.kubeconfig is None:
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            config.load_kube_config(str(settings.kubeconfig), client_configuration=configuration)
-        # urllib3 would retry a timed-out read three times on its own: the retries here are
-        # the only ones, so that a request's bound is its bound.
-        configuration.retries = False
-        self.api = client.CustomObjectsApi(client.ApiClient(configuration))
-        self.rest = client.rest
-        self.namespace = settings.namespace
-        self.request_seconds = request_seconds
-        self.patience_seconds = patience_seconds
-        self.backoff_seconds = backoff_seconds
-        self._ending = threading.Event()  # set by hurry: retries wake up and meet the deadline
-        self._deadline = math.inf  # monotonic time no call may outlast, once the sweep ends
-
-    def hurry(self, seconds: float = TEARDOWN_SECONDS) -> None:
-        """The sweep is ending: no call, running or to come, lasts past ``seconds`` from now."""
-        self._deadline = min(self._deadline, time.monotonic() + seconds)
-        self._ending.set()
-
-    def _call(self, method: str, *args, **kwargs):
-        from urllib3.exceptions import HTTPError as TransportError
-
-        limit = time.monotonic() + self.patience_seconds
-        delay, last = self.backoff_seconds, None
-        while True:
-            left = min(limit, self._deadline) - time.monotonic()
-            if left <= 0:
-                raise last or TimeoutError("the sweep is ending: no time left for the API")
-            timeout = min(self.request_seconds, left)
-            try:
-                return getattr(self.api, method)(
-                    *args, _request_timeout=(min(timeout, 5.0), timeout), **kwargs
-                )
-            except self.rest.ApiException as error:
-                if error.status not in TRANSIENT_STATUSES:
-                    raise
-                last = error
-            except TransportError as error:
-                last = error
-            left = min(limit, self._deadline) - time.monotonic()
-            if left <= 0:
-                raise last
-            if self._ending.is_set():  # short tries until the deadline
-                time.sleep(min(delay, left, 0.2))
-            else:  # hurry wakes this at once
-                self._ending.wait(min(delay, left))
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-
-    def _get(self, plural: str, name: str, namespace: str | None = None) -> dict | None:
-        try:
-            return self._call(
-                "get_namespaced_custom_object",
-                GROUP, VERSION, namespace or self.namespace, plural, name,
-            )  # fmt: skip
-        except self.rest.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def label(self, plural: str, name: str, labels: dict, namespace: str | None = None) -> dict:
-        """Add ``labels`` to one object; the object as the API then holds it."""
-        return self._call(
-            "patch_namespaced_custom_object",
-            GROUP, VERSION, namespace or self.namespace, plural, name,
-            {"metadata": {"labels": labels}},
-        )  # fmt: skip
-
-    def phase(self, name: str) -> tuple[str, str]:
-        """(phase, message); Error counts as Failed, as Metaflow reports it, and so does a
-        Workflow that is no longer there."""
-        workflow = self._get("workflows", name)
-        if workflow is None:
-            return "Failed", GONE
-        status = workflow.get("status") or {}
-        phase = status.get("phase") or "Pending"
-        return ("Failed" if phase == "Error" else phase), status.get("message") or ""
-
-    def trigger(self, template: str, user: str, look: WorkflowLook) -> str:
-        """Start a Workflow from ``template``, as `argo-workflows trigger` does; its name.
-
-        The same request Metaflow's trigger sends, without the Python start-up that the
-        Deployer's trigger costs per variant, plus what makes it readable and tidy in the UI.
-        It is named by ``look``: a create retried after its answer was lost finds the Workflow
-        the first one made (409) and takes it, if its labels say it is this attempt's.
-        """
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Workflow",
-            "metadata": {
-                "name": look.name,
-                "labels": look.labels,
-                "annotations": {
-                    **look.annotations,
-                    "metaflow/triggered_by_user": json.dumps({"type": "user", "name": user}),
-                },
-            },
-            "spec": {
-                "workflowTemplateRef": {"name": template},
-                "arguments": {"parameters": []},
-                **look.spec,
-            },
-        }
-        try:
-            self._call(
-                "create_namespaced_custom_object", GROUP, VERSION, self.namespace, "workflows", body
-            )
-        except self.rest.ApiException as error:
-            if error.status != 409:
-                raise
-            found = (self._get("workflows", look.name) or {}).get("metadata", {})
-            if not look.labels.items() <= (found.get("labels") or {}).items():
-                raise RuntimeError(
-                    f"a Workflow {look.name} exists that is not this sweep's"
-                ) from None
-        return look.name
-
-    def dress_template(self, template: str, look: WorkflowLook) -> dict:
-        """Give every Workflow started from ``template`` (by a Sensor too) the look's labels,
-        annotations, TTL and pod GC (Argo copies ``workflowMetadata`` onto each Workflow), and
-        the template the sweep's label; the template as the API then holds it."""
-        patch = {
-            "metadata": {"labels": {TAG_LABEL: look.labels[TAG_LABEL]}},
-            "spec": {
-                "workflowMetadata": {"labels": look.labels, "annotations": look.annotations},
-                **look.spec,
-            },
-        }
-        return self._call(
-            "patch_namespaced_custom_object",
-            GROUP, VERSION, self.namespace, "workflowtemplates", template, patch,
-        )  # fmt: skip
-
-    def terminate(self, name: str) -> None:
-        body = {"spec": {"shutdown": "Terminate"}}
-        try:
-            self._call(
-                "patch_namespaced_custom_object",
-                GROUP, VERSION, self.namespace, "workflows", name, body,
-            )  # fmt: skip
-        except self.rest.ApiException as error:
-            if error.status != 404:
-                raise
-
-    def running(self, tag: str) -> list[str]:
-        """The sweep's Workflows still running, found by its label (Sensor-started included)."""
-        listing = self._call(
-            "list_namespaced_custom_object",
-            GROUP, VERSION, self.namespace, "workflows", label_selector=f"{TAG_LABEL}={tag}",
-        )  # fmt: skip
-        return [
-            wf["metadata"]["name"]
-            for wf in listing.get("items", [])
-            if (wf.get("status") or {}).get("phase", "Pending") in RUNNING
-        ]
-
-    def delete(self, plural: str, name: str, namespace: str | None = None) -> bool:
-        """Delete one object; False when it was already gone."""
-        try:
-            self._call(
-                "delete_namespaced_custom_object",
-                GROUP, VERSION, namespace or self.namespace, plural, name,
-            )  # fmt: skip
-            return True
-        except self.rest.ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-
-
-# -- compiling -------------------------------------------------------------------------------
 
 
 def variant_title(settings: VariantSettings, tag: str) -> tuple[str, str]:
@@ -712,7 +328,7 @@ class ArgoBackend:
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         if sweep.dry_run:
-            return Outcome("skipped", message="dry run: manifests written, nothing deployed")
+            return Outcome(Status.SKIPPED, message="dry run: manifests written, nothing deployed")
         with self._lock:
             if self._pool is None and not self._cancelled.is_set():
                 self._start(sweep)
@@ -740,14 +356,16 @@ class ArgoBackend:
             if self._cancelled.is_set():
                 return _interrupted()
             _report_create_failure(variant.id, error)
-            return Outcome("failed", message=f"{variant.id} was not deployed: {one_line(error)}")
+            return Outcome(
+                Status.FAILED, message=f"{variant.id} was not deployed: {one_line(error)}"
+            )
         self._templates.add(created.name)
         try:
             return self._check_and_run(sweep, variant, settings, created)
         except Exception as error:
             if self._cancelled.is_set():
                 return _interrupted()
-            return Outcome("failed", message=f"{variant.id}: {one_line(error)}")
+            return Outcome(Status.FAILED, message=f"{variant.id}: {one_line(error)}")
         finally:
             if not self.keep_deployments:
                 self._tidy(f"delete WorkflowTemplate {created.name}", self._delete, created.name)
@@ -761,7 +379,7 @@ class ArgoBackend:
         manifests.write_manifest(self._manifests / f"{variant.id}.workflowtemplate.json", held)
         why = self._template_problem(sweep, variant, settings, held, held=True)
         if why:
-            return Outcome("failed", message=f"{variant.id} as deployed: {why}")
+            return Outcome(Status.FAILED, message=f"{variant.id} as deployed: {why}")
         look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
         workflow = self._argo.trigger(created.name, self._user, look)
         # Metaflow names an Argo run after its workflow.
@@ -785,24 +403,24 @@ class ArgoBackend:
         deadline = time.monotonic() + sweep.variant_timeout_seconds
         while True:
             phase, message = self._argo.phase(workflow)
-            if phase not in RUNNING:
+            if not phase.running:
                 break
             if self._cancelled.is_set():
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
-                return Outcome("cancelled", run=run, message="the sweep was interrupted")
+                return Outcome(Status.CANCELLED, run=run, message="the sweep was interrupted")
             if time.monotonic() > deadline:
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
                 return Outcome(
-                    "timeout",
+                    Status.TIMEOUT,
                     run=run,
                     message=f"still {phase} after {sweep.variant_timeout_seconds:g} s",
                 )
             self._cancelled.wait(self.poll_seconds)
-        if phase != "Succeeded":
-            return Outcome("failed", run=run, message=f"{phase}: {message}"[:300])
+        if phase is not Phase.SUCCEEDED:
+            return Outcome(Status.FAILED, run=run, message=f"{phase}: {message}"[:300])
         # The variant's end step has published its event from inside the cluster already.
         gflops, why = _gflops(run)
-        return Outcome("succeeded", run=run, gflops=gflops, message=why)
+        return Outcome(Status.SUCCEEDED, run=run, gflops=gflops, message=why)
 
     def cancel(self) -> None:
         """Stop everything now: queued variants never start, creates in flight stop, no event
@@ -847,10 +465,10 @@ class ArgoBackend:
                 )  # named like no other: a resumed sweep's attempts differ
                 run = f"SweepAnalyticsFlow/argo-{workflow}"
                 deadline = time.monotonic() + sweep.variant_timeout_seconds
-                while (phase := self._argo.phase(workflow))[0] in RUNNING:
+                while (phase := self._argo.phase(workflow))[0].running:
                     if time.monotonic() > deadline or self._cancelled.wait(self.poll_seconds):
                         break
-                if phase[0] != "Succeeded":
+                if phase[0] is not Phase.SUCCEEDED:
                     print(f"warning: final analytics run {run} ended {phase[0]}: {phase[1]}",
                           file=sys.stderr)  # fmt: skip
         finally:
@@ -895,7 +513,7 @@ def _into(items: list, call, *args) -> None:
 
 
 def _interrupted() -> Outcome:
-    return Outcome("cancelled", message="the sweep was interrupted")
+    return Outcome(Status.CANCELLED, message="the sweep was interrupted")
 
 
 def _compiled(future: Future, what: str) -> Created:
