@@ -7,7 +7,7 @@
 #
 # The folder is readable by every user: pods that run as other users than root run these binaries.
 #
-# Go's build cache makes a second run quick. Each binary is rebuilt only when its module changed.
+# Go's build cache makes a rebuild quick; an unchanged binary is not rebuilt at all.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-${TORCHPERF_CLUSTER_BIN:-/var/tmp/torchperf-cluster/bin}}"
@@ -15,9 +15,19 @@ mkdir -p "$bin"
 export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath"
 ldflags="-s -w"
 
+# A binary is rebuilt only when its module's go.mod, go.sum or own sources (the node) changed.
+stamp() {
+    { cat "$here/go/$1/go.mod" "$here/go/$1/go.sum"; find "$here/go/$1" -name '*.go' -not -path '*/src/*' -exec cat {} +; go env GOVERSION; } | sha256sum | cut -c1-16
+}
+
 build() {  # build MODULE_DIR OUTPUT PACKAGE
-    local start=$SECONDS
+    local start=$SECONDS sum
+    sum="$(stamp "$1")"
+    if [ -x "$bin/$2" ] && [ "$(cat "$bin/.$2.stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
     (cd "$here/go/$1" && go build -ldflags="$ldflags" -o "$bin/$2" "$3")
+    echo "$sum" > "$bin/.$2.stamp"
     printf '  %-24s %4d s\n' "$2" $((SECONDS - start))
 }
 

@@ -207,6 +207,7 @@ class Cluster:
         self.processes: list[Process] = []
         self.started_seconds: dict[str, float] = {}
         self.api = self.sweep_kubeconfig = self.admin_kubeconfig = None
+        self.cgroup_parent = f"torchperf-{self.folder.name}"
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -229,9 +230,9 @@ class Cluster:
         self.pki = make_pki(self.folder / "pki", SERVICE_IP)
         self._start_control_plane()
         self.started_seconds["control plane"] = time.monotonic() - begin
+        self._start_datastores()
         self._start_node()
         self.started_seconds["node"] = time.monotonic() - begin
-        self._start_datastores()
         self._install()
         self.started_seconds["argo ready"] = time.monotonic() - begin
 
@@ -239,6 +240,7 @@ class Cluster:
         for process in reversed(self.processes):
             process.stop(grace=15 if process.name == "node" else 10)
         self.processes.clear()
+        _kill_cgroup_tree(self.cgroup_parent)  # pods the node could not stop, if any
         for name in ("moto", "metadata"):
             process = getattr(self, name, None)
             if process is not None and process.poll() is None:
@@ -287,6 +289,9 @@ class Cluster:
             f"--kubelet-certificate-authority={pki}/ca.crt",
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
+            # Its address is loopback, which Endpoints refuse: pods reach it by
+            # KUBERNETES_SERVICE_HOST (the node sets it), not through the Service.
+            "--endpoint-reconciler-type=none",
             "--profiling=false",
         ])
         admin = kubeconfig(self.api, pki / "ca.crt", cert=pki / "admin.crt",
@@ -303,7 +308,7 @@ class Cluster:
             f"--cluster-signing-cert-file={pki}/ca.crt",
             f"--cluster-signing-key-file={pki}/ca.key",
             "--use-service-account-credentials=true",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+            "--controllers=*,-nodeipam",
         ])
         self._spawn("kube-scheduler", [str(self.bin / "kube-scheduler"), *common])
 
@@ -344,7 +349,11 @@ class Cluster:
             "--listen", f"127.0.0.1:{free_port()}",
             "--tls-cert", str(self.pki / "kubelet.crt"), "--tls-key", str(self.pki / "kubelet.key"),
             "--client-ca", str(self.pki / "ca.crt"), "--apiserver", f"127.0.0.1:{self.api_port}",
-            "--cgroup-parent", f"torchperf-{self.folder.name}",
+            "--cgroup-parent", self.cgroup_parent,
+            # What pods reach on this machine, at 127.0.0.1 in their own network namespaces.
+            "--host-ports", ",".join(
+                str(port) for port in (self.api_port, _port(self.s3_url), _port(self.service_url))
+            ),
         ])
         core = self.client("CoreV1Api")
 
@@ -484,6 +493,32 @@ class Cluster:
                 f"http://argo-events-webhook-eventsource-svc.{NAMESPACE}:12000/metaflow-event"
             ),
         }
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def _kill_cgroup_tree(parent: str) -> None:
+    """SIGKILL every process left in the node's cgroups, and remove them."""
+    for hierarchy in ("cpu", "cpuacct"):
+        top = Path("/sys/fs/cgroup") / hierarchy / parent
+        if not top.is_dir():
+            continue
+        groups = sorted(top.rglob("cgroup.procs"), key=lambda p: -len(p.parts))
+        for procs in groups:
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for group in sorted((g.parent for g in groups), key=lambda p: -len(p.parts)):
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 def _module_dir(module: str, version: str) -> Path:

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, stop)  # also where a background start left it ignored
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
     try:

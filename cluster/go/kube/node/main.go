@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +45,7 @@ func main() {
 	flag.StringVar(&opts.clientCA, "client-ca", "", "CA of the API server's client certificate")
 	flag.StringVar(&opts.apiserver, "apiserver", "", "host:port pods reach the API server at")
 	flag.StringVar(&opts.cgroupParent, "cgroup-parent", "torchperf-node", "parent of pods' cgroups")
+	flag.StringVar(&opts.hostPorts, "host-ports", "", "comma-separated ports of this machine pods reach at 127.0.0.1")
 	flag.IntVar(&opts.cpu, "cpu", 0, "CPU capacity (0: this machine's cores)")
 	flag.IntVar(&opts.memoryMiB, "memory-mib", 16384, "memory capacity in MiB")
 	flag.IntVar(&opts.maxPods, "max-pods", 110, "pod capacity")
@@ -56,7 +58,7 @@ func main() {
 
 type options struct {
 	kubeconfig, name, root, images, listen, tlsCert, tlsKey, clientCA, apiserver string
-	cgroupParent                                                                 string
+	cgroupParent, hostPorts                                                      string
 	cpu, memoryMiB, maxPods                                                      int
 }
 
@@ -85,6 +87,14 @@ func run(opts options) error {
 		opts.cpu = cpuCount()
 	}
 
+	hostPorts := []int{}
+	for _, field := range strings.FieldsFunc(opts.hostPorts, func(r rune) bool { return r == ',' }) {
+		port, err := strconv.Atoi(field)
+		if err != nil {
+			return fmt.Errorf("--host-ports: %w", err)
+		}
+		hostPorts = append(hostPorts, port)
+	}
 	var provider *Provider
 	newProvider := func(cfg nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 		provider = NewProvider(ProviderSettings{
@@ -94,6 +104,7 @@ func run(opts options) error {
 			Images:       images,
 			APIServer:    opts.apiserver,
 			CgroupParent: opts.cgroupParent,
+			HostPorts:    hostPorts,
 			Client:       client,
 			Secrets:      cfg.Secrets,
 			ConfigMaps:   cfg.ConfigMaps,
@@ -123,13 +134,10 @@ func run(opts options) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		<-ctx.Done()
-		if provider != nil {
-			provider.Shutdown()
-		}
-	}()
-	if err := n.Run(ctx); err != nil && ctx.Err() == nil {
+	go provider.rewire(ctx.Done())
+	err = n.Run(ctx)
+	provider.Shutdown() // the node's pods go with it
+	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	return nil

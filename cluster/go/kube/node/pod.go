@@ -31,6 +31,7 @@ type podRun struct {
 	pod      *corev1.Pod // the pod as bound, with the status this node reports
 	ctrs     map[string]*container
 	mounts   map[string]string // volume name -> folder (or host path) on this machine
+	sandbox  *sandbox          // the pod's network namespace; set under the provider's lock
 	stopping chan struct{}
 	stopOnce sync.Once
 	done     chan struct{}
@@ -163,6 +164,21 @@ func (r *podRun) run() {
 		r.fail("VolumeSetupFailed", err.Error())
 		return
 	}
+	cgroup, _, err := makeCgroups(r.p.CgroupParent, string(r.pod.UID), corev1.Container{Name: "sandbox"})
+	if err != nil {
+		r.fail("CreatePodSandboxError", err.Error())
+		return
+	}
+	sb, err := startSandbox(cgroup)
+	if err != nil {
+		r.fail("CreatePodSandboxError", err.Error())
+		return
+	}
+	defer func() { sb.close(); removeCgroup(cgroup) }()
+	r.p.mu.Lock()
+	r.sandbox = sb
+	r.p.mu.Unlock()
+	r.p.wire(sb)
 	r.publish()
 	for _, spec := range r.pod.Spec.InitContainers {
 		for {
@@ -521,7 +537,7 @@ func (r *podRun) wrapper(c *container, image Image, ctrDir, hosts, cgroup, cpuac
 		run = `exec setpriv ` + sc + ` "$@"`
 	}
 	inner = append(inner, run)
-	outer = append(outer, "exec unshare -m -p -f --mount-proc --propagation private --kill-child sh -c "+
+	outer = append(outer, "exec nsenter --net="+q(r.sandbox.netns)+" unshare -m -p -f --mount-proc --propagation private --kill-child sh -c "+
 		q(strings.Join(inner, " && "))+` container "$@"`)
 	return strings.Join(outer, "; "), nil
 }
@@ -630,10 +646,10 @@ func (r *podRun) exec(ctx context.Context, name string, cmd []string, attach api
 	if err != nil {
 		return err
 	}
-	enter := fmt.Sprintf("echo $$ > %s; exec nsenter -t %d -m -p --wd -- \"$@\"",
+	enter := fmt.Sprintf("echo $$ > %s; exec nsenter -t %d -m -p -n --wd -- \"$@\"",
 		shellQuote(filepath.Join(c.cgroup, "cgroup.procs")), c.pid)
 	if c.cgroup == "" {
-		enter = fmt.Sprintf("exec nsenter -t %d -m -p --wd -- \"$@\"", c.pid)
+		enter = fmt.Sprintf("exec nsenter -t %d -m -p -n --wd -- \"$@\"", c.pid)
 	}
 	process := exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", enter, "exec"}, cmd...)...)
 	process.Env = strings.Split(strings.TrimRight(string(environ), "\x00"), "\x00")

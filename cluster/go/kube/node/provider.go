@@ -79,6 +79,7 @@ func cpuCount() int { return runtime.NumCPU() }
 // ProviderSettings is what the provider needs of the node and the cluster.
 type ProviderSettings struct {
 	NodeName, NodeIP, Root, APIServer, CgroupParent string
+	HostPorts                                       []int // this machine's ports pods reach at 127.0.0.1
 	Images                                          []Image
 	Client                                          kubernetes.Interface
 	Secrets                                         corev1listers.SecretLister
@@ -92,11 +93,12 @@ type Provider struct {
 	ProviderSettings
 	mu     sync.Mutex
 	pods   map[string]*podRun // by namespace/name
+	relays map[string]int     // Service address:port -> the node's relay port (network.go)
 	notify func(*corev1.Pod)
 }
 
 func NewProvider(s ProviderSettings) *Provider {
-	return &Provider{ProviderSettings: s, pods: map[string]*podRun{}, notify: func(*corev1.Pod) {}}
+	return &Provider{ProviderSettings: s, pods: map[string]*podRun{}, relays: map[string]int{}, notify: func(*corev1.Pod) {}}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
@@ -241,26 +243,25 @@ func (p *Provider) PortForward(ctx context.Context, namespace, pod string, port 
 	return errdefs.InvalidInput("port-forward is not supported by this node: pods listen on the node's own addresses")
 }
 
-// hostsFile is the pod's /etc/hosts: every Service's DNS names point at the node, where the pods
-// behind it listen (pods share the node's network).
+// hostsFile is the pod's /etc/hosts: every Service's DNS names point at its loopback address,
+// where the node relays to the pods behind it (network.go).
 func (p *Provider) hostsFile(pod *corev1.Pod) string {
 	lines := []string{
 		"127.0.0.1\tlocalhost",
 		fmt.Sprintf("%s\t%s", p.NodeIP, pod.Name),
 	}
 	services, _ := p.Services.List(everything())
-	names := []string{}
+	entries := []string{}
 	for _, s := range services {
-		names = append(names, fmt.Sprintf("%s.%s %s.%s.svc %s.%s.svc.cluster.local",
-			s.Name, s.Namespace, s.Name, s.Namespace, s.Name, s.Namespace))
+		names := fmt.Sprintf("%s.%s %s.%s.svc %s.%s.svc.cluster.local",
+			s.Name, s.Namespace, s.Name, s.Namespace, s.Name, s.Namespace)
 		if s.Namespace == pod.Namespace {
-			names = append(names, s.Name)
+			names += " " + s.Name
 		}
+		entries = append(entries, serviceAddress(s)+"\t"+names)
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		lines = append(lines, fmt.Sprintf("%s\t%s", p.NodeIP, name))
-	}
+	sort.Strings(entries)
+	lines = append(lines, entries...)
 	return strings.Join(lines, "\n") + "\n"
 }
 
