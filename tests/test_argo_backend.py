@@ -24,8 +24,8 @@ from kube_api import KubeAPI
 from cluster.metadata import start_metadata_service
 from cluster.s3 import start_moto
 from torchperf.backends.argo import ArgoBackend
-from torchperf.backends.base import SweepSpec
 from torchperf.backends.argo.manifests import TITLE
+from torchperf.backends.base import SweepSpec
 from torchperf.plan import Variant, branch_name, event_name
 from torchperf.settings import ConfigError, VariantSettings
 

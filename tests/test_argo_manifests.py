@@ -7,8 +7,13 @@ import re
 
 import pytest
 
-from torchperf.backends.argo import manifests
-from torchperf.backends.argo import COMPILE_NEEDS, UNSET_IMAGE, resolve_settings, variant_title
+from torchperf.backends.argo import (
+    COMPILE_NEEDS,
+    UNSET_IMAGE,
+    manifests,
+    resolve_settings,
+    variant_title,
+)
 from torchperf.settings import ConfigError, VariantSettings
 
 
