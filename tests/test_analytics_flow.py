@@ -141,3 +141,18 @@ def test_the_card_type_ships_in_the_code_package():
     ).stdout
     card_type = ROOT / "metaflow_extensions/torchperf/plugins/cards/sweep_card/__init__.py"
     assert str(card_type) in listed.splitlines()
+
+
+def test_report_finds_a_card_where_card_create_wrote_it(analytics_runs):
+    # Guards report.py's two private card names (torchperf/private_api.py).
+    from metaflow.cards import get_cards
+    from metaflow.plugins.cards.exception import CardNotPresentException
+
+    from torchperf.report import CARD_ID, _local_card_html
+
+    task = analytics_runs[1]["start"].task
+    # The fallback's folder (CardDatastore.get_storage_root) holds the card Metaflow returns.
+    assert _local_card_html(task) == get_cards(task, id=CARD_ID)[0].get()
+    # A task without the card raises what card_html catches to fall back.
+    with pytest.raises(CardNotPresentException):
+        get_cards(analytics_runs[1]["end"].task, id=CARD_ID)

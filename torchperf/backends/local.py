@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,37 +62,73 @@ def _runner(flow: str, **kwargs):
     return runner
 
 
-def _stderr(runner) -> str:
-    """What the runner's process wrote to stderr (a run that failed before it began)."""
-    for command in runner.spm.commands.values():
-        with contextlib.suppress(OSError, KeyError):
-            return Path(command.log_files["stderr"]).read_text()
-    return ""
-
-
 def _settle(future: asyncio.Future, value) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _running_pids(processes) -> list[str]:
-    return [str(process.pid) for process in processes if process.returncode is None]
+def _process_table() -> dict[int, tuple[int, str]]:
+    """Every process's parent and state letter, from /proc (empty where there is none)."""
+    table = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path("/proc", entry, "stat").read_text()
+                # The command name, in parentheses, may hold spaces: the fields follow its ")".
+                state, parent = stat.rsplit(")", 1)[1].split()[:2]
+                table[int(entry)] = (int(parent), state)
+    return table
 
 
-def _kill(processes) -> None:
-    """SIGTERM the runs' processes and their children, SIGKILL what is left after the grace."""
-    from metaflow.runner.subprocess_manager import kill_processes_and_descendants
+def _descendants(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
+    """The processes under ``pid``: a run's steps and what they started (card renders)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, (up, _) in table.items() if up == parent]
+        found.update(children)
+        todo.extend(children)
+    return found
 
-    if pids := _running_pids(processes):
-        kill_processes_and_descendants(pids, termination_timeout=KILL_GRACE_SECONDS)
+
+def _signal(pids, signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
-async def _async_kill(processes) -> None:
-    """``_kill`` without blocking the loop: the other runs go on meanwhile."""
-    from metaflow.runner.subprocess_manager import async_kill_processes_and_descendants
+async def _stop(executing) -> None:
+    """SIGTERM a run's process and every process under it, SIGKILL what is left after the grace;
+    return once its process has ended.
 
-    if pids := _running_pids(processes):
-        await async_kill_processes_and_descendants(pids, termination_timeout=KILL_GRACE_SECONDS)
+    Signals go straight to the processes: Metaflow's kill helpers start ``kill``, which prints
+    "kill: (PID): No such process" into the terminal for a process that has just ended, and
+    ``ExecutingRun.wait(timeout)`` prints a line of its own (torchperf/private_api.py).
+    """
+    process = executing.command_obj.process  # the one private name: see torchperf/private_api.py
+    if process.returncode is not None:
+        return
+    tree = _descendants(process.pid, _process_table())
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    _signal(tree, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KILL_GRACE_SECONDS
+    while loop.time() < deadline:
+        table = _process_table()
+        # A zombie has ended: its parent has not collected it yet.
+        left = {pid for pid in tree if table.get(pid, (0, "Z"))[1] != "Z"}
+        if process.returncode is not None and not left:
+            return
+        await asyncio.sleep(0.05)
+    if process.returncode is None:
+        tree |= _descendants(process.pid, _process_table())
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    _signal(tree, signal.SIGKILL)
+    await process.wait()
 
 
 class _AnalyticsRun:
@@ -100,7 +137,6 @@ class _AnalyticsRun:
     def __init__(self, backend: LocalBackend, sweep: SweepSpec, wait_for: list[str], number: int):
         loop = backend.loop
         self.drawn = loop.create_future()
-        self.process = None
         marker = backend.turns.drawn_marker(f"analytics_{number}")
         config = {**sweep.analytics_config(wait_for), "card_drawn": marker}
         self.task = loop.create_task(self.live(sweep.tag, config, Path(marker)))
@@ -112,16 +148,16 @@ class _AnalyticsRun:
         )
         try:
             executing = await runner.async_run(tags=[tag])
-            self.process = executing.command_obj.process
-            while self.process.returncode is None and not marker.exists():
+            while executing.returncode is None and not marker.exists():
                 await asyncio.sleep(POLL_SECONDS)
             _settle(self.drawn, True)
-            await self.process.wait()
+            await executing.wait()
             if executing.status != "successful":
                 return {"run": None, "stderr": executing.stderr}
             return {"run": executing.run.pathspec, "stderr": ""}
         except Exception as error:  # noqa: BLE001 - reported as the run's failure
-            return {"run": None, "stderr": _stderr(runner) or str(error)}
+            # A run that failed before it began: Metaflow's error holds its output.
+            return {"run": None, "stderr": str(error)}
         finally:
             _settle(self.drawn, False)
             runner.cleanup()
@@ -143,21 +179,18 @@ class _VariantLife:
         loop = backend.loop
         self.measured = loop.create_future()  # True once measured; False if it ended without
         self.cores_free = loop.create_future()  # its run has ended, its analytics card is drawn
-        self.process = None
+        self.executing = None  # Metaflow's handle on its run, once the run has begun
         self.runner = None
         self.task = loop.create_task(self.live())
 
-    def spawned(self) -> bool:
-        """Whether its run's process has been started (or could not be)."""
-        return self.task.done() or bool(self.processes())
-
-    def processes(self) -> list:
-        """Its run's process, as soon as the Runner has started it."""
-        commands = self.runner.spm.commands.values() if self.runner else ()
-        return [command.process for command in commands if command.process is not None]
+    def begun(self) -> bool:
+        """Whether its run has begun (Metaflow gave its handle), or could not begin."""
+        return self.task.done() or self.executing is not None
 
     async def live(self) -> Outcome:
         branch, timeout = self.variant.branch, self.sweep.variant_timeout_seconds
+        if self.backend.cancelled:
+            return Outcome("cancelled", message="not started")
         turns = self.backend.turns
         turns.forget(branch)
         config = {**self.settings.as_config(), "turn": turns.turn(branch)}
@@ -167,18 +200,23 @@ class _VariantLife:
             try:
                 executing = await self.runner.async_run(tags=[self.sweep.tag])
             except Exception as error:  # noqa: BLE001 - the run failed before it began
-                return Outcome("failed", message=one_line(_stderr(self.runner) or error))
-            self.process = executing.command_obj.process
+                # Metaflow's error holds the process's output.
+                return Outcome("failed", message=failure_reason(str(error)))
+            self.executing = executing
+            if self.backend.cancelled:  # the sweep was stopped while the run began
+                await _stop(executing)
+                return Outcome("cancelled", executing.run.pathspec, message="interrupted")
             if self.before:
                 await self.before.measured  # its turn comes: the clock starts
             try:
                 analytics = await asyncio.wait_for(self._turn(), timeout)
             except asyncio.TimeoutError:
-                await _async_kill([self.process])
-                await self.process.wait()
+                await _stop(executing)
                 return Outcome(
                     "timeout", executing.run.pathspec, message=f"stopped after {timeout:g} s"
                 )
+            if self.backend.cancelled:
+                return Outcome("cancelled", executing.run.pathspec, message="interrupted")
             if executing.status != "successful":
                 # A step's traceback is in the run's stdout; Metaflow's summary in stderr.
                 why = failure_reason(f"{executing.stdout}\n{executing.stderr}")
@@ -206,19 +244,19 @@ class _VariantLife:
         measured = await self._measure(turns, branch)
         _settle(self.measured, measured)
         analytics = self.backend.after_measured(self, measured)
-        await self.process.wait()
+        await self.executing.wait()
         return analytics
 
     async def _measure(self, turns: Turns, branch: str) -> bool:
         while not turns.ready(branch):
-            if self.process.returncode is not None:
+            if self.executing.returncode is not None:
                 return False
             await asyncio.sleep(POLL_SECONDS)
         if self.before:
             await self.before.cores_free
         turns.go(branch)
         while not turns.measured(branch):
-            if self.process.returncode is not None:
+            if self.executing.returncode is not None:
                 return turns.measured(branch)
             await asyncio.sleep(POLL_SECONDS)
         return True
@@ -243,6 +281,7 @@ class LocalBackend:
         # measuring, or live analytics are off): the final analytics run is due for them.
         self._uncovered = 0
         self._last_analytics: dict = {}  # the outcome of the newest analytics run that ended
+        self.cancelled = False  # stopped: runs still beginning stop once begun, none starts
 
     # -- the Backend interface -------------------------------------------------------------
     def preflight(self, sweep: SweepSpec) -> None:
@@ -259,7 +298,7 @@ class LocalBackend:
         self._open(sweep)
         if sweep.pending:
             life = self._begin(*sweep.pending[0])
-            self._drive_until(life.spawned)
+            self._drive_until(life.begun)
 
     def run_variant(self, sweep: SweepSpec, variant: Variant, settings: VariantSettings) -> Outcome:
         self._open(sweep)
@@ -274,8 +313,17 @@ class LocalBackend:
         return outcome
 
     def cancel(self) -> None:
-        """Stop every variant run; analytics runs go on to their end (finish waits for them)."""
-        _kill(process for life in self._lives.values() for process in life.processes())
+        """Stop every variant run (one still beginning stops once begun) and start none; analytics
+        runs go on to their end (finish waits for them)."""
+        self.cancelled = True
+        if self.loop is None:
+            return
+        runs = [life.executing for life in self._lives.values() if life.executing]
+        if self.loop.is_running():  # the loop's own thread waits for these in finish()
+            for run in runs:
+                self.loop.call_soon_threadsafe(self.loop.create_task, _stop(run))
+        else:
+            self._drain([self.loop.create_task(_stop(run)) for run in runs])
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         self._open(sweep)  # the final analytics run needs it even when nothing else ran
@@ -283,8 +331,7 @@ class LocalBackend:
         self.cancel()
         pending = [life.task for life in self._lives.values()]
         self._lives.clear()
-        for task in pending:
-            task.cancel()  # those not started yet never start
+        # Not cancelled: a life still beginning its run must live on to stop it.
         self._drain(pending)
         result = self._wait_for_analytics()
         if interrupted or sweep.dry_run or (self._uncovered == 0 and _saw_all(result)):

@@ -7,7 +7,7 @@ Metaflow loads this package in every process that runs a flow of this project (t
 root is on their import path) and ships it in the code package on Argo.
 """
 
-from metaflow.plugins.cards.card_modules.basic import BlankCard
+from metaflow.cards import BlankCard
 
 
 class SweepCard(BlankCard):
