@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 sweep: $(BIN)/.installed  ## run the default sweep on this machine (pass ARGS="cpu=1,2 tensor_dim=256,512")
 	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python sweep_deployer.py -m $(ARGS)
 
-test: $(BIN)/.installed  ## run the test suite
+test: $(BIN)/.installed cluster-build  ## run the test suite (builds the real control plane first)
 	METAFLOW_USER=$${METAFLOW_USER:-$${USER:-torchperf}} $(BIN)/python -m pytest $(ARGS)
 
 lint: $(BIN)/.installed  ## ruff lint and format check

@@ -215,14 +215,17 @@ class Argo:
 
     def running(self, tag: str) -> list[str]:
         """The sweep's Workflows still running, found by its label (Sensor-started included)."""
+        return [name for name, phase in self.workflows(tag) if phase.running]
+
+    def workflows(self, tag: str) -> list[tuple[str, Phase]]:
+        """The sweep's Workflows and their phases, found by its label."""
         listing = self._call(
             "list_namespaced_custom_object",
             GROUP, VERSION, self.namespace, "workflows", label_selector=f"{TAG_LABEL}={tag}",
         )  # fmt: skip
         return [
-            wf["metadata"]["name"]
+            (wf["metadata"]["name"], Phase.from_argo((wf.get("status") or {}).get("phase")))
             for wf in listing.get("items", [])
-            if Phase.from_argo((wf.get("status") or {}).get("phase")).running
         ]
 
     def delete(self, plural: str, name: str, namespace: str | None = None) -> bool:

@@ -490,6 +490,14 @@ class ArgoBackend:
             if not self.keep_deployments:
                 for template in sorted(self._templates):
                     self._tidy(f"delete WorkflowTemplate {template}", self._delete, template)
+                # Results live in the datastore and the metadata service; the Workflows (and,
+                # through their owner references, their pods) go with the sweep.
+                workflows: list = []
+                if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, workflows,
+                              self._argo.workflows, self._sweep_tag):  # fmt: skip
+                    for workflow, _ in workflows:
+                        self._tidy(f"delete Workflow {workflow}", self._argo.delete,
+                                   "workflows", workflow)  # fmt: skip
             self._report_leftovers()
 
     def _report_leftovers(self) -> None:

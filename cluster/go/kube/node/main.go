@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
@@ -49,6 +52,7 @@ func main() {
 	flag.IntVar(&opts.cpu, "cpu", 0, "CPU capacity (0: this machine's cores)")
 	flag.IntVar(&opts.memoryMiB, "memory-mib", 16384, "memory capacity in MiB")
 	flag.IntVar(&opts.maxPods, "max-pods", 110, "pod capacity")
+	flag.IntVar(&opts.diskGiB, "disk-gib", 100, "ephemeral-storage capacity in GiB")
 	flag.Parse()
 	if err := run(opts); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
@@ -59,10 +63,12 @@ func main() {
 type options struct {
 	kubeconfig, name, root, images, listen, tlsCert, tlsKey, clientCA, apiserver string
 	cgroupParent, hostPorts                                                      string
-	cpu, memoryMiB, maxPods                                                      int
+	cpu, memoryMiB, maxPods, diskGiB                                             int
 }
 
 func run(opts options) error {
+	// virtual-kubelet logs nothing unless given a logger: warnings and errors go to stderr.
+	vklog.L = vkslog.FromSlog(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -128,6 +134,7 @@ func run(opts options) error {
 			c.Handler = mux
 			c.NumWorkers = 4
 			c.InformerResyncPeriod = 30 * time.Second
+			c.SkipDownwardAPIResolution = true // env.go resolves it, status.hostIP included
 			return nil
 		},
 	)
@@ -150,6 +157,8 @@ func describeNode(n *corev1.Node, ip string, kubeletPort int32, opts options) {
 		corev1.ResourceCPU:    *resource.NewQuantity(int64(opts.cpu), resource.DecimalSI),
 		corev1.ResourceMemory: *resource.NewQuantity(int64(opts.memoryMiB)<<20, resource.BinarySI),
 		corev1.ResourcePods:   *resource.NewQuantity(int64(opts.maxPods), resource.DecimalSI),
+		// Pods' folders live on this machine's disk; Metaflow's steps request 10 GB of it.
+		corev1.ResourceEphemeralStorage: *resource.NewQuantity(int64(opts.diskGiB)<<30, resource.BinarySI),
 	}
 	n.Labels["kubernetes.io/os"] = "linux"
 	n.Labels["kubernetes.io/arch"] = "amd64"

@@ -53,8 +53,14 @@ func startSandbox(cgroup string) (*sandbox, error) {
 		return nil, err
 	}
 	s := &sandbox{process: cmd, netns: fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), listeners: map[string]net.Listener{}}
+	host, _ := os.Readlink("/proc/self/ns/net")
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
+		// Until unshare has run, the process is still in this machine's namespace.
+		if ns, err := os.Readlink(s.netns); err != nil || ns == host {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
 		var probe net.Listener
 		err := inNetns(s.netns, func() (err error) { probe, err = net.Listen("tcp", "127.0.0.1:0"); return })
 		if err == nil {

@@ -350,7 +350,11 @@ func (r *podRun) start(c *container) *startError {
 	if !ok {
 		return &startError{"ErrImagePull", fmt.Sprintf("image %q is not on this node (cluster images.json)", c.spec.Image)}
 	}
-	env := r.environment(c.spec, image)
+	resolved, err := r.containerEnv(c.spec)
+	if err != nil {
+		return &startError{"CreateContainerConfigError", err.Error()}
+	}
+	env := r.environment(resolved, image)
 	mapping := expansion.MappingFuncFor(envMap(env))
 	argv := []string{}
 	command := c.spec.Command
@@ -432,11 +436,10 @@ func waitChild(pid int) int {
 	return pid
 }
 
-// environment is what the container's process sees: the image's, the container's (the downward
-// API, Secrets, ConfigMaps and Services already resolved by virtual-kubelet), and what a runtime
-// and kubelet add. The API server is reached where it listens, not at a Service IP (no
+// environment is what the container's process sees: the image's, the container's (resolved by
+// containerEnv), and what a runtime and kubelet add. The API server is reached where it listens, not at a Service IP (no
 // kube-proxy here).
-func (r *podRun) environment(spec corev1.Container, image Image) []string {
+func (r *podRun) environment(containerEnv []corev1.EnvVar, image Image) []string {
 	values := map[string]string{}
 	order := []string{}
 	set := func(k, v string) {
@@ -453,10 +456,8 @@ func (r *podRun) environment(spec corev1.Container, image Image) []string {
 		set(k, v)
 	}
 	mapping := expansion.MappingFuncFor(values)
-	for _, e := range spec.Env {
-		if e.ValueFrom == nil {
-			set(e.Name, expansion.Expand(e.Value, mapping))
-		}
+	for _, e := range containerEnv {
+		set(e.Name, expansion.Expand(e.Value, mapping))
 	}
 	if host, port, ok := strings.Cut(r.p.APIServer, ":"); ok {
 		set("KUBERNETES_SERVICE_HOST", host)
@@ -509,6 +510,9 @@ func (r *podRun) wrapper(c *container, image Image, ctrDir, hosts, cgroup, cpuac
 		}
 		if m.SubPath != "" {
 			source = filepath.Join(source, m.SubPath)
+			if _, err := os.Stat(source); os.IsNotExist(err) {
+				_ = os.MkdirAll(source, 0o777) // a kubelet makes a missing subPath a folder
+			}
 		}
 		info, err := os.Stat(source)
 		if err != nil {
