@@ -27,14 +27,18 @@ def start_metadata_service(root: Path, log: Path | None = None) -> tuple[subproc
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
     env["METAFLOW_USER"] = "metadata-service"
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), str(root), str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-        start_new_session=True,  # outlives a Ctrl-C meant for the sweep until it is stopped
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVER), str(root), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,  # outlives a Ctrl-C meant for the sweep until it is stopped
+        )
+    finally:
+        if log:
+            out.close()  # the child holds its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
