@@ -52,7 +52,12 @@ IMAGE = "torchperf:local"  # the sweep's backend.image on this cluster
 # The same image without torch: every measuring step fails in its pod (the failure tests').
 BROKEN_IMAGE = "torchperf-notorch:local"
 SERVICE_IP = "10.96.0.1"
-BUCKET, S3_KEY, S3_SECRET, S3_SECRET_NAME = "torchperf", "cluster-key", "cluster-secret", "torchperf-s3"
+BUCKET, S3_KEY, S3_SECRET, S3_SECRET_NAME = (
+    "torchperf",
+    "cluster-key",
+    "cluster-secret",
+    "torchperf-s3",
+)
 BINARIES = (
     "etcd",
     "kube-apiserver",
@@ -113,12 +118,18 @@ def argo_objects(source: Path) -> list[dict]:
     }
     objects = _select(
         source / "manifests" / "quick-start-minimal.yaml",
-        lambda o: o["kind"] == "CustomResourceDefinition"
-        or o["metadata"]["name"] in wanted.get(o["kind"], ()),
+        lambda o: (
+            o["kind"] == "CustomResourceDefinition"
+            or o["metadata"]["name"] in wanted.get(o["kind"], ())
+        ),
     )
     for o in objects:
-        if o["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-                             "PriorityClass"):
+        if o["kind"] not in (
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "PriorityClass",
+        ):
             o["metadata"]["namespace"] = "argo"
         for subject in o.get("subjects", []):
             subject["namespace"] = "argo"
@@ -145,24 +156,49 @@ def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
     """What each image stands for on the node (cluster/go/kube/node: Image)."""
     return {
         "images": [
-            {"match": "quay.io/argoproj/workflow-controller", "path": [str(bin_dir)],
-             "entrypoint": ["workflow-controller"], "digest": f"workflow-controller:{ARGO_VERSION}"},
-            {"match": "quay.io/argoproj/argoexec", "path": [str(bin_dir)],
-             "entrypoint": ["argoexec"], "digest": f"argoexec:{ARGO_VERSION}"},
-            {"match": "quay.io/argoproj/argo-events", "path": [str(bin_dir)],
-             "entrypoint": ["argo-events"], "digest": f"argo-events:{EVENTS_VERSION}"},
-            {"match": "nats", "path": [str(bin_dir)], "entrypoint": ["/nats-server"],
-             "files": {"/nats-server": str(bin_dir / "nats-server")}, "digest": "nats-server"},
+            {
+                "match": "quay.io/argoproj/workflow-controller",
+                "path": [str(bin_dir)],
+                "entrypoint": ["workflow-controller"],
+                "digest": f"workflow-controller:{ARGO_VERSION}",
+            },
+            {
+                "match": "quay.io/argoproj/argoexec",
+                "path": [str(bin_dir)],
+                "entrypoint": ["argoexec"],
+                "digest": f"argoexec:{ARGO_VERSION}",
+            },
+            {
+                "match": "quay.io/argoproj/argo-events",
+                "path": [str(bin_dir)],
+                "entrypoint": ["argo-events"],
+                "digest": f"argo-events:{EVENTS_VERSION}",
+            },
+            {
+                "match": "nats",
+                "path": [str(bin_dir)],
+                "entrypoint": ["/nats-server"],
+                "files": {"/nats-server": str(bin_dir / "nats-server")},
+                "digest": "nats-server",
+            },
             # The EventBus pod's config reloader and metrics exporter are not built here; the
             # bus works without them (its config never changes; nobody scrapes its metrics).
             {"match": "natsio/nats-server-config-reloader", "replace": ["sleep", "infinity"]},
             {"match": "natsio/prometheus-nats-exporter", "replace": ["sleep", "infinity"]},
             # The project's image (image/Dockerfile): Python with image/requirements.txt.
-            {"match": IMAGE.split(":")[0], "path": [str(image_env / "bin")],
-             "workdir": "/workspace", "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE},
-             "digest": f"{IMAGE}@sha256:{image_env.name.removeprefix('image-')}"},
-            {"match": BROKEN_IMAGE.split(":")[0], "path": [str(broken_env / "bin")],
-             "workdir": "/workspace", "env": {"PYTHONUNBUFFERED": "1"}},
+            {
+                "match": IMAGE.split(":")[0],
+                "path": [str(image_env / "bin")],
+                "workdir": "/workspace",
+                "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE},
+                "digest": f"{IMAGE}@sha256:{image_env.name.removeprefix('image-')}",
+            },
+            {
+                "match": BROKEN_IMAGE.split(":")[0],
+                "path": [str(broken_env / "bin")],
+                "workdir": "/workspace",
+                "env": {"PYTHONUNBUFFERED": "1"},
+            },
         ]
     }
 
@@ -175,14 +211,20 @@ class Process:
         self.log = log_dir / f"{name}.log"
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
 
     def check(self) -> None:
         if self.popen.poll() is not None:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise ClusterError(f"{self.name} exited with {self.popen.returncode}: " + " | ".join(tail))
+            raise ClusterError(
+                f"{self.name} exited with {self.popen.returncode}: " + " | ".join(tail)
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         if self.popen.poll() is None:
@@ -267,53 +309,79 @@ class Cluster:
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         self.api_port = api_port
         self.api = f"https://127.0.0.1:{api_port}"
-        self._spawn("etcd", [
-            str(self.bin / "etcd"), "--name", "etcd", "--data-dir", str(self.folder / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"etcd=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync",
-        ])
-        self._spawn("kube-apiserver", [
-            str(self.bin / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-            f"--client-ca-file={pki}/ca.crt",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki}/sa.pub",
-            f"--service-account-signing-key-file={pki}/sa.key",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--authorization-mode=Node,RBAC",
-            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
-            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
-            f"--kubelet-certificate-authority={pki}/ca.crt",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--allow-privileged=true",
-            # Its address is loopback, which Endpoints refuse: pods reach it by
-            # KUBERNETES_SERVICE_HOST (the node sets it), not through the Service.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ])
-        admin = kubeconfig(self.api, pki / "ca.crt", cert=pki / "admin.crt",
-                           key=pki / "admin.key", user="admin")
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin / "etcd"),
+                "--name",
+                "etcd",
+                "--data-dir",
+                str(self.folder / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"etcd=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={pki}/apiserver.crt",
+                f"--tls-private-key-file={pki}/apiserver.key",
+                f"--client-ca-file={pki}/ca.crt",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki}/sa.pub",
+                f"--service-account-signing-key-file={pki}/sa.key",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+                f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+                f"--kubelet-certificate-authority={pki}/ca.crt",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--allow-privileged=true",
+                # Its address is loopback, which Endpoints refuse: pods reach it by
+                # KUBERNETES_SERVICE_HOST (the node sets it), not through the Service.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        admin = kubeconfig(
+            self.api, pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key", user="admin"
+        )
         self.admin_kubeconfig = self.folder / "admin.kubeconfig"
         self.admin_kubeconfig.write_text(admin)
         self._wait("kube-apiserver /readyz", self._apiserver_ready, timeout=120)
-        common = [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false",
-                  "--bind-address=127.0.0.1", "--secure-port=0"]
-        self._spawn("kube-controller-manager", [
-            str(self.bin / "kube-controller-manager"), *common,
-            f"--service-account-private-key-file={pki}/sa.key",
-            f"--root-ca-file={pki}/ca.crt",
-            f"--cluster-signing-cert-file={pki}/ca.crt",
-            f"--cluster-signing-key-file={pki}/ca.key",
-            "--use-service-account-credentials=true",
-            "--controllers=*,-nodeipam",
-        ])
+        common = [
+            f"--kubeconfig={self.admin_kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+        ]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin / "kube-controller-manager"),
+                *common,
+                f"--service-account-private-key-file={pki}/sa.key",
+                f"--root-ca-file={pki}/ca.crt",
+                f"--cluster-signing-cert-file={pki}/ca.crt",
+                f"--cluster-signing-key-file={pki}/ca.key",
+                "--use-service-account-credentials=true",
+                "--controllers=*,-nodeipam",
+            ],
+        )
         self._spawn("kube-scheduler", [str(self.bin / "kube-scheduler"), *common])
 
     def _apiserver_ready(self) -> bool:
@@ -338,32 +406,58 @@ class Cluster:
     def _start_node(self) -> None:
         self.image_env = build_image(cache=IMAGE_CACHE)
         no_torch = self.folder / "requirements-notorch.txt"
-        no_torch.write_text("".join(
-            line for line in REQUIREMENTS.read_text().splitlines(keepends=True)
-            if not line.startswith("torch")))
+        no_torch.write_text(
+            "".join(
+                line
+                for line in REQUIREMENTS.read_text().splitlines(keepends=True)
+                if not line.startswith("torch")
+            )
+        )
         broken_env = build_image(no_torch, cache=IMAGE_CACHE)
         images_file = self.folder / "images.json"
         images_file.write_text(json.dumps(images(self.bin, self.image_env, broken_env), indent=1))
         node_root = self.folder / "node"
         node_root.mkdir(mode=0o755)
         self.folder.chmod(0o755)
-        self._spawn("node", [
-            str(self.bin / "node"), "--kubeconfig", str(self.admin_kubeconfig),
-            "--name", "node-0", "--root", str(node_root), "--images", str(images_file),
-            "--listen", f"127.0.0.1:{free_port()}",
-            "--tls-cert", str(self.pki / "kubelet.crt"), "--tls-key", str(self.pki / "kubelet.key"),
-            "--client-ca", str(self.pki / "ca.crt"), "--apiserver", f"127.0.0.1:{self.api_port}",
-            "--cgroup-parent", self.cgroup_parent,
-            "--memory-mib", str(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20),
-            # Twice this machine's cores: a cpu=2 variant must fit beside the cluster's own pods
-            # (the Sensor, an analytics run) on a 2-core machine. Figures measured while pods
-            # share the cores are not meaningful here; the flow flags shared cores.
-            "--cpu", str(2 * (os.cpu_count() or 1)),
-            # What pods reach on this machine, at 127.0.0.1 in their own network namespaces.
-            "--host-ports", ",".join(
-                str(port) for port in (self.api_port, _port(self.s3_url), _port(self.service_url))
-            ),
-        ])
+        self._spawn(
+            "node",
+            [
+                str(self.bin / "node"),
+                "--kubeconfig",
+                str(self.admin_kubeconfig),
+                "--name",
+                "node-0",
+                "--root",
+                str(node_root),
+                "--images",
+                str(images_file),
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--tls-cert",
+                str(self.pki / "kubelet.crt"),
+                "--tls-key",
+                str(self.pki / "kubelet.key"),
+                "--client-ca",
+                str(self.pki / "ca.crt"),
+                "--apiserver",
+                f"127.0.0.1:{self.api_port}",
+                "--cgroup-parent",
+                self.cgroup_parent,
+                "--memory-mib",
+                str(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20),
+                # Twice this machine's cores: a cpu=2 variant must fit beside the cluster's own pods
+                # (the Sensor, an analytics run) on a 2-core machine. Figures measured while pods
+                # share the cores are not meaningful here; the flow flags shared cores.
+                "--cpu",
+                str(2 * (os.cpu_count() or 1)),
+                # What pods reach on this machine, at 127.0.0.1 in their own network namespaces.
+                "--host-ports",
+                ",".join(
+                    str(port)
+                    for port in (self.api_port, _port(self.s3_url), _port(self.service_url))
+                ),
+            ],
+        )
         core = self.client("CoreV1Api")
 
         def node_ready() -> bool:
@@ -371,7 +465,9 @@ class Cluster:
                 node = core.read_node("node-0", _request_timeout=5)
             except Exception:  # noqa: BLE001 - not registered yet
                 return False
-            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+            return any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+            )
 
         self._wait("the node", node_ready, timeout=60)
 
@@ -406,26 +502,40 @@ class Cluster:
                     break
                 except Exception as error:  # noqa: BLE001 - a CRD not served yet
                     if attempt == 59:
-                        raise ClusterError(f"cannot create {obj['kind']} "
-                                           f"{obj['metadata']['name']}: {error}") from None
-                    dyn.resources.invalidate_cache() if hasattr(dyn.resources, "invalidate_cache") else None
+                        raise ClusterError(
+                            f"cannot create {obj['kind']} {obj['metadata']['name']}: {error}"
+                        ) from None
+                    dyn.resources.invalidate_cache() if hasattr(
+                        dyn.resources, "invalidate_cache"
+                    ) else None
                     dyn = dynamic.DynamicClient(
-                        config.new_client_from_config(str(self.admin_kubeconfig)))
+                        config.new_client_from_config(str(self.admin_kubeconfig))
+                    )
                     time.sleep(0.5)
 
     def _install(self) -> None:
         argo_source = HERE / "go" / "argo" / "src"
         events_source = _module_dir("github.com/argoproj/argo-events", EVENTS_VERSION)
-        self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
-                    for n in ("argo", "argo-events")])
+        self.apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+                for n in ("argo", "argo-events")
+            ]
+        )
         self.apply(argo_objects(argo_source))
         self.apply(events_objects(events_source))
-        local = [o for o in yaml.safe_load_all((HERE / "manifests" / "torchperf.yaml").read_text()) if o]
+        local = [
+            o for o in yaml.safe_load_all((HERE / "manifests" / "torchperf.yaml").read_text()) if o
+        ]
         secret = {
-            "apiVersion": "v1", "kind": "Secret",
+            "apiVersion": "v1",
+            "kind": "Secret",
             "metadata": {"name": S3_SECRET_NAME, "namespace": NAMESPACE},
-            "stringData": {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-                           "AWS_DEFAULT_REGION": "us-east-1"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": S3_KEY,
+                "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
         }
         role = docs_role()
         for o in role:
@@ -433,28 +543,46 @@ class Cluster:
             for subject in o.get("subjects", []):
                 subject["namespace"] = NAMESPACE
         self.apply(local + [secret] + role)
-        self._wait("Argo's and Argo Events' controllers, the EventBus and the EventSource",
-                   self._argo_ready, timeout=180)
+        self._wait(
+            "Argo's and Argo Events' controllers, the EventBus and the EventSource",
+            self._argo_ready,
+            timeout=180,
+        )
         self.sweep_kubeconfig = self.folder / "sweep.kubeconfig"
         self.sweep_kubeconfig.write_text(
-            kubeconfig(self.api, self.pki / "ca.crt", token=self._sweep_token(),
-                       namespace=NAMESPACE, user="torchperf-sweep")
+            kubeconfig(
+                self.api,
+                self.pki / "ca.crt",
+                token=self._sweep_token(),
+                namespace=NAMESPACE,
+                user="torchperf-sweep",
+            )
         )
 
     def _argo_ready(self) -> bool:
         core = self.client("CoreV1Api")
         pods = core.list_pod_for_all_namespaces(_request_timeout=5).items
-        running = {p.metadata.labels.get("app") or p.metadata.labels.get("controller")
-                   for p in pods if p.status.phase == "Running"}
+        running = {
+            p.metadata.labels.get("app") or p.metadata.labels.get("controller")
+            for p in pods
+            if p.status.phase == "Running"
+        }
         custom = self.client("CustomObjectsApi")
         try:
             source = custom.get_namespaced_custom_object(
-                "argoproj.io", "v1alpha1", NAMESPACE, "eventsources", "argo-events-webhook",
-                _request_timeout=5)
+                "argoproj.io",
+                "v1alpha1",
+                NAMESPACE,
+                "eventsources",
+                "argo-events-webhook",
+                _request_timeout=5,
+            )
         except Exception:  # noqa: BLE001
             return False
-        deployed = any(c.get("type") == "Deployed" and c.get("status") == "True"
-                       for c in (source.get("status") or {}).get("conditions", []))
+        deployed = any(
+            c.get("type") == "Deployed" and c.get("status") == "True"
+            for c in (source.get("status") or {}).get("conditions", [])
+        )
         names = {p.metadata.name for p in pods if p.status.phase == "Running"}
         return (
             {"workflow-controller", "controller-manager"} <= running
@@ -468,9 +596,11 @@ class Cluster:
 
         core = self.client("CoreV1Api")
         request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600))
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
+        )
         return core.create_namespaced_service_account_token(
-            "torchperf-sweep", NAMESPACE, request).status.token
+            "torchperf-sweep", NAMESPACE, request
+        ).status.token
 
     # -- for the sweep -------------------------------------------------------------------------
 
@@ -533,6 +663,9 @@ def _kill_cgroup_tree(parent: str) -> None:
 def _module_dir(module: str, version: str) -> Path:
     done = subprocess.run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
-        capture_output=True, text=True, check=True, cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     )
     return Path(json.loads(done.stdout)["Dir"])

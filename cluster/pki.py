@@ -117,21 +117,36 @@ def make_pki(folder: Path, service_ip: str) -> Path:
     return folder
 
 
-def kubeconfig(server: str, ca: Path, *, cert: Path | None = None, key: Path | None = None,
-               token: str | None = None, namespace: str = "default", user: str = "user") -> str:
+def kubeconfig(
+    server: str,
+    ca: Path,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    namespace: str = "default",
+    user: str = "user",
+) -> str:
     """A kubeconfig (YAML text) for one identity: a client certificate or a token."""
     import yaml
 
-    credentials = {"token": token} if token else {
-        "client-certificate": str(cert),
-        "client-key": str(key),
-    }
+    credentials = (
+        {"token": token}
+        if token
+        else {
+            "client-certificate": str(cert),
+            "client-key": str(key),
+        }
+    )
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "torchperf", "cluster": {"server": server, "certificate-authority": str(ca)}}
+                {
+                    "name": "torchperf",
+                    "cluster": {"server": server, "certificate-authority": str(ca)},
+                }
             ],
             "users": [{"name": user, "user": credentials}],
             "contexts": [
