@@ -47,4 +47,11 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "differ the report reads the card where it was written, and only this names that folder",
         guarded_by="tests/test_analytics_flow.py::test_report_finds_a_card_where_card_create_wrote_it",
     ),
+    PrivateAPI(
+        api="metaflow.metaflow_git.get_repository_info",
+        used_in="tests/test_local_launch.py (a test only)",
+        why="what Metaflow records of the repository a run starts in; the test checks that a run "
+        "started by its link in .flows/ records the project's own commit",
+        guarded_by="tests/test_local_launch.py::test_runs_started_by_the_links_record_the_same_git_commit",
+    ),
 )
