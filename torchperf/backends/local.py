@@ -93,6 +93,12 @@ def _descendants(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
     return found
 
 
+def _living(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running: a zombie has ended, its parent not collected it yet."""
+    table = _process_table()
+    return {pid for pid in pids if table.get(pid, (0, "Z"))[1] != "Z"}
+
+
 def _signal(pids, signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -117,17 +123,14 @@ async def _stop(executing) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + KILL_GRACE_SECONDS
     while loop.time() < deadline:
-        table = _process_table()
-        # A zombie has ended: its parent has not collected it yet.
-        left = {pid for pid in tree if table.get(pid, (0, "Z"))[1] != "Z"}
-        if process.returncode is not None and not left:
+        if process.returncode is not None and not _living(tree):
             return
         await asyncio.sleep(0.05)
     if process.returncode is None:
         tree |= _descendants(process.pid, _process_table())
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-    _signal(tree, signal.SIGKILL)
+    _signal(_living(tree), signal.SIGKILL)
     await process.wait()
 
 
