@@ -17,7 +17,12 @@ Workflow from that Sensor's trigger. What it does not do is run pods: no step ev
         api.lost_replies = 1       # the next Workflow create is stored, but answered 504
 
 Like the real control plane, it adds a finalizer and a status to every Sensor as it is created
-(the Argo Events controller's doing), and server-managed metadata to every object.
+(the Argo Events controller's doing), and server-managed metadata to every object. A Sensor's
+``Deployed`` condition turns True ``sensor_deploy_seconds`` after its creation when the EventBus
+it names is there (False, ``EventBusNotFound``, when not; ``math.inf``: never). The real
+controller writes it in the reconcile that adds the finalizer, once its EventBus is ready. An
+EventBus ``default`` and an EventSource ``argo-events-webhook`` are there from the start (what
+an administrator installs; ``event_source=None``: neither).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ KINDS = {
     "workflowtemplates": "WorkflowTemplate",
     "cronworkflows": "CronWorkflow",
     "sensors": "Sensor",
+    "eventsources": "EventSource",
+    "eventbus": "EventBus",
 }
 FINISHED = ("Succeeded", "Failed", "Error")
 GROUP = "argoproj.io"
@@ -88,9 +95,16 @@ def _matches(dependency: dict, context: dict) -> bool:
 class KubeAPI:
     """The server and its state; thread-safe, so the Deployer's parallel calls may hit it."""
 
-    def __init__(self, pending_seconds: float = 0.1, run_seconds: float = 0.5):
+    def __init__(
+        self,
+        pending_seconds: float = 0.1,
+        run_seconds: float = 0.5,
+        sensor_deploy_seconds: float = 0.3,
+        event_source: str | None = "argo-events-webhook",
+    ):
         self.pending_seconds = pending_seconds
         self.run_seconds = run_seconds
+        self.sensor_deploy_seconds = sensor_deploy_seconds  # from creation to Deployed=True
         self.fail: set[str] = set()  # branch or template-name fragments: those workflows fail
         self.hang: set[str] = set()  # ... those workflows never finish on their own
         self.flaky = 0  # the next this many API calls answer 503, as a restarting server would
@@ -104,13 +118,19 @@ class KubeAPI:
         self._answering = threading.Event()  # cleared by stall(): calls wait for an answer
         self._answering.set()
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
+        self.created: list[tuple[str, dict]] = []  # (plural, object) of every create, kept after
+        # its object is deleted: what a sweep made, once its teardown has removed it
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
+        self.sensor_created: dict[tuple[str, str], float] = {}  # (namespace, name) -> the same
         self.events: list[dict] = []  # bodies POSTed to /webhook
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        if event_source:
+            self.put("default", "eventbus", "default", {"jetstream": {"version": "latest"}})
+            self.put("default", "eventsources", event_source, {"webhook": {}})
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -156,6 +176,17 @@ class KubeAPI:
         """Every call answers 503 for ``seconds`` from now (the control plane is away)."""
         self.outage_until = time.monotonic() + seconds
 
+    def put(self, namespace: str, plural: str, name: str, spec: dict) -> None:
+        """Store an object as an administrator would have made it (an EventBus, say)."""
+        body = {"apiVersion": f"{GROUP}/v1alpha1", "kind": KINDS[plural],
+                "metadata": {"name": name}, "spec": spec}  # fmt: skip
+        with self.lock:
+            self._create(namespace, plural, body)
+
+    def remove(self, namespace: str, plural: str, name: str) -> None:
+        with self.lock:
+            self.objects.pop((namespace, plural, name), None)
+
     # -- what tests look at ------------------------------------------------------------------
     def names(self, plural: str) -> list[str]:
         with self.lock:
@@ -166,6 +197,11 @@ class KubeAPI:
             return [
                 self._advance(obj) for (_, p, _), obj in self.objects.items() if p == "workflows"
             ]
+
+    def ever(self, plural: str) -> list[dict]:
+        """Every object of ``plural`` created so far, deleted ones as they were last seen."""
+        with self.lock:
+            return [obj for kind, obj in self.created if kind == plural]
 
     def running(self) -> list[str]:
         return [
@@ -201,6 +237,30 @@ class KubeAPI:
             status["finishedAt"] = _now_iso()
         return workflow
 
+    def _seen(self, ns: str, plural: str, obj: dict) -> dict:
+        """An object as a reader finds it now: what the controllers have done by then."""
+        if plural == "workflows":
+            return self._advance(obj)
+        if plural == "sensors" and "status" in obj:
+            return self._reconcile_sensor(ns, obj)
+        return obj
+
+    def _reconcile_sensor(self, ns: str, sensor: dict) -> dict:
+        """The Argo Events controller's Deployed condition: its Deployment exists once the
+        EventBus it names is there."""
+        age = time.monotonic() - self.sensor_created.get((ns, sensor["metadata"]["name"]), 0)
+        deployed = next(c for c in sensor["status"]["conditions"] if c["type"] == "Deployed")
+        bus = sensor.get("spec", {}).get("eventBusName") or "default"
+        if age < self.sensor_deploy_seconds:
+            return sensor
+        if (ns, "eventbus", bus) in self.objects:
+            deployed.update(status="True", reason="", message="")
+        else:
+            deployed.update(
+                status="False", reason="EventBusNotFound", message="EventBus not found."
+            )
+        return sensor
+
     def _admit(self, plural: str, body: dict) -> tuple[int, dict] | None:
         """A refusal (403) for a forbidden name, else None once admission has had its say."""
         name = body.get("metadata", {}).get("name", "")
@@ -232,20 +292,23 @@ class KubeAPI:
             if self.lost_replies > 0:  # stored, but the answer never reaches the client
                 self.lost_replies -= 1
                 self.objects[key] = body
+                self.created.append((plural, body))
                 return 504, self._status(504, "the answer was lost on its way back")
         if plural == "sensors":
             # What the Argo Events controller does within milliseconds of a Sensor's creation.
             meta["finalizers"] = ["sensor-controller"]
             body["status"] = {
                 "conditions": [
-                    {"type": "Deployed", "status": "True", "lastTransitionTime": _now_iso()},
+                    {"type": "Deployed", "status": "Unknown", "lastTransitionTime": _now_iso()},
                     {"type": "DependenciesProvided", "status": "True",
                      "lastTransitionTime": _now_iso()},
                     {"type": "TriggersProvided", "status": "True",
                      "lastTransitionTime": _now_iso()},
                 ]
             }  # fmt: skip
+            self.sensor_created[(ns, meta["name"])] = time.monotonic()
         self.objects[key] = body
+        self.created.append((plural, body))
         return 201, body
 
     def _instantiate(self, ns: str, workflow: dict) -> None:
@@ -306,7 +369,7 @@ class KubeAPI:
                 selector = parse_qs(query).get("labelSelector", [""])[0]
                 wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
                 items = [
-                    self._advance(o) if p == "workflows" else o
+                    self._seen(n, p, o)
                     for (n, p, _), o in self.objects.items()
                     if n == ns
                     and p == plural
@@ -319,7 +382,7 @@ class KubeAPI:
                 return 404, self._status(404, f'{plural} "{name}" not found')
             obj = self.objects[key]
             if method == "GET":
-                return 200, self._advance(obj) if plural == "workflows" else obj
+                return 200, self._seen(ns, plural, obj)
             if method == "PUT":
                 refused = self._admit(plural, body)
                 if refused:
@@ -330,7 +393,7 @@ class KubeAPI:
                 self.objects[key] = body
                 return 200, body
             if method == "PATCH":
-                return 200, _merge(obj, body or {})
+                return 200, self._seen(ns, plural, _merge(obj, body or {}))
             if method == "DELETE":
                 if any(fragment in name for fragment in self.undeletable):
                     return 403, self._status(403, f'{plural}.{GROUP} "{name}" is forbidden')

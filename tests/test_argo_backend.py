@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -272,7 +274,7 @@ def test_sweep_lifecycle_with_a_failure_and_a_timeout_leaves_nothing_behind(envi
     # ... the sweep published nothing itself: events come from the variants' pods
     assert api.events == []
     # ... every workflow is labelled, titled and cleaned up after its TTL, the Sensor's too
-    workflows = api.workflows()
+    workflows = api.ever("workflows")
     assert len(workflows) == 4
     for workflow in workflows:
         meta, spec = workflow["metadata"], workflow["spec"]
@@ -376,7 +378,7 @@ DRIVER = textwrap.dedent(
 
     # What sweep_deployer.py does: SIGTERM ends the sweep the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sweep = make_sweep(Path({tmp!r}), "sigtag", [(1, 64), (2, 64), (1, 128)], timeout=120)
+    sweep = make_sweep(Path({tmp!r}), {tag!r}, [(1, 64), (2, 64), (1, 128)], timeout=120)
     backend = ArgoBackend(environ=json.loads({environ!r}), poll_seconds=0.2, image="img")
     backend.preflight(sweep)
     print("preflight done", flush=True)
@@ -392,15 +394,20 @@ DRIVER = textwrap.dedent(
 )
 
 
+def driver_script(tmp_path, environ, tag="sigtag") -> str:
+    return DRIVER.format(
+        root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path), environ=json.dumps(environ),
+        tag=tag,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_sweep_terminates_workflows_and_deletes_everything(
     environ, api, tmp_path, signum
 ):
     # GIVEN a sweep whose variants all hang, driven the way sweep_deployer.py drives it
     api.hang.add("sigtag")
-    script = DRIVER.format(
-        root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path), environ=json.dumps(environ)
-    )
+    script = driver_script(tmp_path, environ)
     driver = subprocess.Popen(
         [sys.executable, "-c", script], env=environ, stdout=subprocess.PIPE, text=True
     )
@@ -434,7 +441,7 @@ def test_start_puts_the_pending_variants_in_flight_and_not_the_resumed_ones(envi
     outcome = backend.run_variant(sweep, variant, settings)
     backend.finish(sweep, interrupted=False)
     # THEN the pending variant ran, the resumed one did not run again
-    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
+    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.ever("workflows")}
     assert outcome.status == "succeeded"
     assert "c2_n64" in ran and "c1_n64" not in ran
 
@@ -476,7 +483,7 @@ def test_what_admission_adds_is_tolerated_and_a_changed_request_fails_before_it_
     assert "as deployed" in outcomes["c2_n64"].message
     assert "cpu request is 1" in outcomes["c2_n64"].message
     assert outcomes["c1_n64"].status == "succeeded", outcomes
-    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.workflows()}
+    ran = {wf["metadata"]["labels"].get("torchperf/variant") for wf in api.ever("workflows")}
     assert "c2_n64" not in ran and "c1_n64" in ran
     # ... what the API held is written beside the summary, and nothing is left on the cluster
     held = json.loads((sweep.sweep_dir / "manifests" / "c2_n64.workflowtemplate.json").read_text())
@@ -609,7 +616,9 @@ def test_a_create_whose_answer_was_lost_starts_the_variant_once(environ, api, tm
     assert api.lost_replies == 0
     assert outcomes["c1_n64"].status == "succeeded", outcomes
     started = [
-        wf for wf in api.workflows() if wf["metadata"]["labels"]["torchperf/variant"] != "analytics"
+        wf
+        for wf in api.ever("workflows")
+        if wf["metadata"]["labels"]["torchperf/variant"] != "analytics"
     ]
     assert len(started) == 1
     assert outcomes["c1_n64"].run == f"TorchPerfFlow/argo-{started[0]['metadata']['name']}"
@@ -670,9 +679,7 @@ def test_every_call_to_an_api_that_never_answers_ends_within_its_bound(environ, 
 def test_ctrl_c_is_answered_within_seconds_whatever_the_api_does(environ, api, tmp_path, trouble):
     # GIVEN a sweep whose variants all run, driven the way sweep_deployer.py drives it
     api.hang.add("sigtag")
-    script = DRIVER.format(
-        root=str(ROOT), tests=str(ROOT / "tests"), tmp=str(tmp_path), environ=json.dumps(environ)
-    )
+    script = driver_script(tmp_path, environ)
     driver = subprocess.Popen(
         [sys.executable, "-c", script], env=environ, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -723,3 +730,125 @@ def test_the_backend_needs_no_linux_only_process_call(environ, api, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"c1_n64": "skipped"}
     assert (tmp_path / "sweep" / "manifests" / "c1_n64.workflowtemplate.json").exists()
+
+
+def sensor_reads(api) -> int:
+    return sum(1 for method, path in api.requests if method == "GET" and "/sensors/" in path)
+
+
+def test_no_variant_starts_before_argo_events_calls_the_sensor_deployed(environ, api, tmp_path):
+    # GIVEN an Argo Events controller that has not deployed the sweep's new Sensor yet
+    api.sensor_deploy_seconds = math.inf
+    sweep = make_sweep(tmp_path, "readytag", [(1, 64)])
+    sweep.pending = sweep.planned
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2)
+    backend.preflight(sweep)
+    starting = threading.Thread(target=backend.start, args=(sweep,))
+    starting.start()
+    try:
+        # WHEN the sweep has read the Sensor's status more than once (or a variant started)
+        wait_for(lambda: sensor_reads(api) >= 3 or api.names("workflows"), 60)
+        # THEN no variant has started: an event it published now would be lost
+        assert api.names("workflows") == []
+        # ... and once the controller calls the Sensor deployed, the variant runs
+        api.sensor_deploy_seconds = 0
+        starting.join(60)
+        outcome = backend.run_variant(sweep, *sweep.planned[0])
+    finally:
+        starting.join(60)
+        backend.finish(sweep, interrupted=False)
+    assert outcome.status == "succeeded", outcome
+
+
+def test_a_sensor_never_deployed_stops_the_sweep_in_its_bound_saying_why(environ, api, tmp_path):
+    # GIVEN an EventBus that goes away after the preflight saw it
+    sweep = make_sweep(tmp_path, "nobustag", [(1, 64)])
+    sweep.pending = sweep.planned
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, sensor_wait_seconds=2)
+    backend.preflight(sweep)
+    api.remove("default", "eventbus", "default")
+    # WHEN the sweep deploys its Sensor, which Argo Events cannot deploy without it
+    try:
+        with pytest.raises(RuntimeError, match="not deployed after 2 s.*EventBusNotFound"):
+            backend.start(sweep)
+    finally:
+        backend.finish(sweep, interrupted=True)
+    # THEN no variant started, and nothing is left on the cluster
+    assert api.names("workflows") == []
+    assert api.names("sensors") == [] and api.names("workflowtemplates") == []
+
+
+def test_a_sweep_without_live_analytics_neither_needs_nor_waits_for_events(environ, api, tmp_path):
+    # GIVEN no EventSource at all, and a Sensor Argo Events would never deploy
+    api.remove("default", "eventsources", "argo-events-webhook")
+    api.sensor_deploy_seconds = math.inf
+    sweep = make_sweep(tmp_path, "quietev", [(1, 64)])
+    sweep.live_analytics = False
+    # WHEN a sweep runs that wants analytics only at its end
+    outcomes, analytics = run_sweep(
+        ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, sensor_wait_seconds=1), sweep
+    )
+    # THEN it ran as before
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    assert analytics is not None
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        (("eventsources", "argo-events-webhook"),
+         "METAFLOW_ARGO_EVENTS_EVENT_SOURCE=argo-events-webhook: there is no EventSource"),
+        (("eventbus", "default"), "METAFLOW_ARGO_EVENTS_EVENT_BUS=default: there is no EventBus"),
+    ],
+    ids=["event-source", "event-bus"],
+)  # fmt: skip
+def test_preflight_refuses_an_event_source_or_bus_that_is_not_there(
+    environ, api, tmp_path, missing, named
+):
+    # GIVEN a cluster without the EventSource (or the EventBus) the Sensor would name
+    api.remove("default", *missing)
+    sweep = make_sweep(tmp_path, "noevtag", [(1, 64)])
+    # WHEN the sweep's preflight runs, THEN it stops with one line naming the setting
+    with pytest.raises(ConfigError, match=named) as error:
+        ArgoBackend(environ=environ, image=IMAGE).preflight(sweep)
+    assert "\n" not in str(error.value) and "namespace default" in str(error.value)
+    # ... having only read: nothing was created
+    assert {method for method, _ in api.requests} == {"GET"}
+
+
+def test_preflight_looks_for_the_event_bus_metaflow_is_told_of(environ, api, tmp_path):
+    # GIVEN a cluster whose EventBus has another name, and Metaflow told that name
+    api.remove("default", "eventbus", "default")
+    api.put("default", "eventbus", "jetstream", {"jetstream": {"version": "latest"}})
+    environ["METAFLOW_ARGO_EVENTS_EVENT_BUS"] = "jetstream"
+    sweep = make_sweep(tmp_path, "bustag", [(1, 64)])
+    backend = ArgoBackend(environ=environ, image=IMAGE)
+    # WHEN the preflight runs, THEN it finds it
+    try:
+        backend.preflight(sweep)
+    finally:
+        backend.finish(sweep, interrupted=True)
+    assert any(path.endswith("/eventbus/jetstream") for _, path in api.requests)
+
+
+def test_ctrl_c_while_the_sweep_waits_for_its_sensor_is_answered_in_seconds(environ, api, tmp_path):
+    # GIVEN a sweep waiting for a Sensor that Argo Events never deploys
+    api.sensor_deploy_seconds = math.inf
+    driver = subprocess.Popen(
+        [sys.executable, "-c", driver_script(tmp_path, environ, tag="waittag")], env=environ,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: sensor_reads(api) >= 2, 120)
+        # WHEN the user presses Ctrl-C
+        signalled = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        driver.kill()
+    # THEN it is back within seconds, no variant ran and nothing is left
+    assert driver.returncode == 130, (out, err)
+    assert took < 10, took
+    assert api.names("workflows") == []
+    assert api.names("sensors") == [] and api.names("workflowtemplates") == []

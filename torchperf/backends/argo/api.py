@@ -120,7 +120,8 @@ class Argo:
                 self._ending.wait(min(delay, left))
             delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    def _get(self, plural: str, name: str, namespace: str | None = None) -> dict | None:
+    def get(self, plural: str, name: str, namespace: str | None = None) -> dict | None:
+        """One object as the API holds it; None when it is not there."""
         try:
             return self._call(
                 "get_namespaced_custom_object",
@@ -141,7 +142,7 @@ class Argo:
 
     def phase(self, name: str) -> tuple[Phase, str]:
         """(phase, message); a Workflow that is no longer there has Failed."""
-        workflow = self._get("workflows", name)
+        workflow = self.get("workflows", name)
         if workflow is None:
             return Phase.FAILED, GONE
         status = workflow.get("status") or {}
@@ -179,7 +180,7 @@ class Argo:
         except self.rest.ApiException as error:
             if error.status != 409:
                 raise
-            found = (self._get("workflows", look.name) or {}).get("metadata", {})
+            found = (self.get("workflows", look.name) or {}).get("metadata", {})
             if not look.labels.items() <= (found.get("labels") or {}).items():
                 raise RuntimeError(
                     f"a Workflow {look.name} exists that is not this sweep's"

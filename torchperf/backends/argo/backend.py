@@ -44,12 +44,17 @@ from torchperf.backends.argo.deploy import (
     DeployFailed,
     DeployPool,
 )
-from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook
+from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook, sensor_not_deployed
 from torchperf.backends.argo.settings import ArgoSettings, resolve_settings
 from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path
 from torchperf.errors import one_line
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings, parse_variant_config
+
+# How long a live-analytics sweep waits for Argo Events to deploy its new Sensor.
+SENSOR_WAIT_SECONDS = 120.0
+# Preflight's API calls give up sooner than the sweep's: a wrong address is one line in seconds.
+PREFLIGHT_PATIENCE_SECONDS = 20.0
 
 
 def variant_title(settings: VariantSettings, tag: str) -> tuple[str, str]:
@@ -92,6 +97,7 @@ class ArgoBackend:
         analytics_file: str = "sweep_analytics.py",
         api_request_seconds: float = REQUEST_SECONDS,
         api_patience_seconds: float = PATIENCE_SECONDS,
+        sensor_wait_seconds: float = SENSOR_WAIT_SECONDS,
         environ: Mapping[str, str] | None = None,
     ):
         self.max_parallel = max_parallel
@@ -106,6 +112,7 @@ class ArgoBackend:
         self.pod_gc = pod_gc
         self.api_request_seconds = api_request_seconds
         self.api_patience_seconds = api_patience_seconds
+        self.sensor_wait_seconds = sensor_wait_seconds
         self.flow_file = str(flow_path(flow_file))
         self.analytics_file = str(flow_path(analytics_file))
         self.environ = dict(os.environ if environ is None else environ)
@@ -256,6 +263,8 @@ class ArgoBackend:
                 parse_variant_config(json.dumps(self._variant_config(sweep, settings)))
             except ConfigError as error:
                 raise ConfigError(f"variant {variant.id}: {error}") from None
+        if sweep.live_analytics and not sweep.dry_run:
+            self._check_events()
         self._deploys = DeployPool(self.deploy_workers)
         if not sweep.dry_run:
             self._deploys.warm()  # the workers import Metaflow while the sweep opens
@@ -266,6 +275,37 @@ class ArgoBackend:
             self._close_deploys()
         for why in self._settings.still_needed:
             print(f"dry run: a deploy also needs: {why}", file=sys.stderr)
+
+    def _check_events(self) -> None:
+        """The EventSource and the EventBus the analytics Sensor will name are there: without
+        them no event ever reaches it, and no live analytics run starts."""
+        settings = self._settings
+        argo = Argo(
+            settings,
+            request_seconds=self.api_request_seconds,
+            patience_seconds=min(self.api_patience_seconds, PREFLIGHT_PATIENCE_SECONDS),
+        )
+        namespace = settings.sensor_namespace
+        for plural, kind, name, setting in (
+            ("eventsources", "EventSource", settings.event_source, "ARGO_EVENTS_EVENT_SOURCE"),
+            ("eventbus", "EventBus", settings.event_bus, "ARGO_EVENTS_EVENT_BUS"),
+        ):
+            try:
+                found = argo.get(plural, name, namespace)
+            except argo.rest.ApiException as error:
+                raise ConfigError(
+                    f"the sweep may not read {plural} in namespace {namespace} "
+                    f"(HTTP {error.status} {error.reason}): its Role needs get on {plural}"
+                ) from None
+            except Exception as error:  # noqa: BLE001 - transport errors and timeouts alike
+                raise ConfigError(
+                    f"the Kubernetes API did not answer ({one_line(error)}): check the kubeconfig"
+                ) from None
+            if found is None:
+                raise ConfigError(
+                    f"METAFLOW_{setting}={name}: there is no {kind} {name} in namespace "
+                    f"{namespace}, so the analytics Sensor would hear no event"
+                )
 
     def _dry_run(self, sweep: SweepSpec) -> None:
         analytics = self._analytics_create(sweep, only_json=True)
@@ -314,11 +354,32 @@ class ArgoBackend:
         why = self._analytics_problem(sweep, held, held=True) or self._sensor_problem(sweep)
         if why:
             raise RuntimeError(f"SweepAnalyticsFlow as deployed: {why}")
+        if sweep.live_analytics:
+            self._await_sensor()
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="argo-variant")
         # What already succeeded under a resumed tag is not pending: it does not run again.
         # (A spec without a pending list, as the backend's own tests build, runs every one.)
         for variant, settings in sweep.pending or sweep.planned:
             self._futures[variant.id] = self._pool.submit(self._run, sweep, variant, settings)
+
+    def _await_sensor(self) -> None:
+        """Wait until Argo Events calls the new Sensor deployed (its EventBus ready, its Deployment
+        made): its JetStream consumer hears only events published after it subscribed, so no
+        variant starts before. The condition does not say the pod has subscribed; a variant's
+        event comes only after its own pod has started and measured."""
+        namespace, name = self._sensor
+        deadline = time.monotonic() + self.sensor_wait_seconds
+        while not self._cancelled.is_set():
+            sensor = self._argo.get("sensors", name, namespace)
+            why = "it was deleted" if sensor is None else sensor_not_deployed(sensor)
+            if why is None:
+                return
+            if sensor is None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the analytics Sensor {namespace}/{name} is not deployed after "
+                    f"{self.sensor_wait_seconds:g} s: {why}"
+                )
+            self._cancelled.wait(min(self.poll_seconds, 1.0))
 
     def start(self, sweep: SweepSpec) -> None:
         """The batch is known: deploy and put every pending variant in flight at once."""

@@ -258,6 +258,19 @@ def sensor_problems(sensor: Mapping | None, event: str, branch: str) -> list[str
     return problems
 
 
+def sensor_not_deployed(sensor: Mapping) -> str | None:
+    """Why Argo Events does not call the Sensor deployed yet (its ``Deployed`` condition, which
+    its controller sets True once the Sensor's Deployment exists); None once it does."""
+    conditions = (sensor.get("status") or {}).get("conditions") or []
+    deployed = next((c for c in conditions if c.get("type") == "Deployed"), None)
+    if deployed is None:
+        return "no Deployed condition yet"
+    if deployed.get("status") == "True":
+        return None
+    why = ": ".join(filter(None, (deployed.get("reason"), deployed.get("message"))))
+    return f"Deployed is {deployed.get('status')}" + (f" ({why})" if why else "")
+
+
 def redact(document):
     """A copy with credential-bearing env values and annotations replaced by a marker."""
     if isinstance(document, list):

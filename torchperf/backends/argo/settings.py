@@ -105,6 +105,8 @@ class ArgoSettings:
     kubeconfig: Path | None  # None: in-cluster credentials
     datastore: str  # s3, gs or azure: the code package and the results travel through it
     env: dict  # what the Deployer's subprocesses get on top of this process's environment
+    event_source: str = ""  # the Argo Events EventSource the analytics Sensor listens to
+    event_bus: str = "default"  # the EventBus the Sensor subscribes through (Metaflow's default)
     still_needed: list[str] = dataclasses.field(default_factory=list)  # dry run: for a deploy
 
 
@@ -186,5 +188,7 @@ def resolve_settings(
         kubeconfig=kubeconfig,
         datastore=store,
         env=env,
+        event_source=config["ARGO_EVENTS_EVENT_SOURCE"],
+        event_bus=config.get("ARGO_EVENTS_EVENT_BUS") or "default",
         still_needed=problems,
     )
