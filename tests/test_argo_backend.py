@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -852,3 +853,61 @@ def test_ctrl_c_while_the_sweep_waits_for_its_sensor_is_answered_in_seconds(envi
     assert took < 10, took
     assert api.names("workflows") == []
     assert api.names("sensors") == [] and api.names("workflowtemplates") == []
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_command(command, env, seconds):
+    """Run ``command`` in a session of its own; (returncode, stdout, stderr), or fail after
+    ``seconds`` with every process it started stopped."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{' '.join(map(str, command))} still ran after {seconds} s")
+    return process.returncode, out, err
+
+
+def test_a_dry_run_whose_s3_is_unreachable_stops_in_seconds_with_one_line(tmp_path):
+    # GIVEN the Argo Events names and an S3 datastore whose endpoint refuses connections
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    env = {
+        **os.environ,
+        "METAFLOW_USER": "dev",
+        "METAFLOW_HOME": str(tmp_path / "mfhome"),
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://torchperf/metaflow",
+        "METAFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "METAFLOW_ARGO_EVENTS_EVENT": "metaflow-event",
+        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": "argo-events-webhook",
+        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": "operate-workflow-sa",
+    }
+    command = [
+        sys.executable, str(ROOT / "sweep_deployer.py"), "-m", "backend=argo", "dry_run=true",
+        "cpu=1", "tensor_dim=32,64", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]  # fmt: skip
+    # WHEN the user asks for a dry run
+    started = time.monotonic()
+    returncode, _, err = run_command(command, env, 90)
+    # THEN it stops within seconds, with one line naming the setting, and compiled nothing
+    assert returncode == 2, err
+    assert time.monotonic() - started < 45
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: METAFLOW_S3_ENDPOINT_URL={endpoint}"), err
+    assert "unreachable" in lines[0]
+    assert not (tmp_path / "sweep" / "manifests").exists()

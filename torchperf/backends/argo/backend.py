@@ -45,8 +45,9 @@ from torchperf.backends.argo.deploy import (
     DeployPool,
 )
 from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook, sensor_not_deployed
-from torchperf.backends.argo.settings import ArgoSettings, resolve_settings
+from torchperf.backends.argo.settings import ArgoSettings, metaflow_settings, resolve_settings
 from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path
+from torchperf.backends.datastore_check import check_datastore
 from torchperf.errors import one_line
 from torchperf.plan import Variant, analytics_branch
 from torchperf.settings import ConfigError, VariantSettings, parse_variant_config
@@ -255,6 +256,9 @@ class ArgoBackend:
             guaranteed_qos=self.guaranteed_qos, dry_run=sweep.dry_run,
             live_analytics=sweep.live_analytics,
         )  # fmt: skip
+        # Before anything else: every compile and create uploads to it, and sits in retries for
+        # minutes, saying nothing, when it is unreachable.
+        check_datastore(self._settings.datastore, metaflow_settings(self.environ), self.environ)
         self._sweep_tag = sweep.tag
         self._manifests = Path(sweep.sweep_dir) / "manifests"
         manifests.import_models()
