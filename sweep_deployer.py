@@ -7,13 +7,12 @@ python sweep_deployer.py -m backend=argo                 # on Argo Workflows
 python sweep_deployer.py --help                          # the settings and the usual commands
 """
 
-import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from torchperf import hydra_app
+from torchperf import hydra_app, signals
 
 
 # conf/config.yaml links to the root config.yaml: with the root itself as the config folder,
@@ -25,13 +24,9 @@ def main(cfg: DictConfig) -> float:
     return hydra_app.run_single(cfg)
 
 
-def _terminate(signum, frame):
-    # SIGTERM ends the sweep the way Ctrl-C does: running variants stop, the summary stays true.
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
     hydra_app.register()
-    signal.signal(signal.SIGTERM, _terminate)
-    # A batch interrupted by Ctrl-C or SIGTERM is closed by the launcher first.
+    # SIGTERM and SIGHUP (a closed terminal) end the sweep the way Ctrl-C does; a batch
+    # interrupted so is closed by the launcher first.
+    signals.end_like_ctrl_c()
     sys.exit(hydra_app.run_command(main, sys.argv[1:]))

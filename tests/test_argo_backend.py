@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from kube_api import KubeAPI
+from terminal import Terminal
 
 from cluster.metadata import start_metadata_service
 from cluster.s3 import start_moto
@@ -371,14 +372,15 @@ def test_keep_deployments_keeps_templates_and_sensor_labelled_with_the_tag(envir
 
 DRIVER = textwrap.dedent(
     """
-    import json, signal, sys
+    import json, sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from test_argo_backend import make_sweep
     from torchperf.backends.argo import ArgoBackend
     from pathlib import Path
 
-    # What sweep_deployer.py does: SIGTERM ends the sweep the way Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # What sweep_deployer.py does: SIGTERM and SIGHUP end the sweep the way Ctrl-C does.
+    from torchperf import signals
+    signals.end_like_ctrl_c()
     sweep = make_sweep(Path({tmp!r}), {tag!r}, [(1, 64), (2, 64), (1, 128)], timeout=120)
     backend = ArgoBackend(environ=json.loads({environ!r}), poll_seconds=0.2, image="img")
     backend.preflight(sweep)
@@ -402,7 +404,9 @@ def driver_script(tmp_path, environ, tag="sigtag") -> str:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_signal_mid_sweep_terminates_workflows_and_deletes_everything(
     environ, api, tmp_path, signum
 ):
@@ -911,3 +915,29 @@ def test_a_dry_run_whose_s3_is_unreachable_stops_in_seconds_with_one_line(tmp_pa
     assert lines[0].startswith(f"error: METAFLOW_S3_ENDPOINT_URL={endpoint}"), err
     assert "unreachable" in lines[0]
     assert not (tmp_path / "sweep" / "manifests").exists()
+
+
+def test_closing_the_terminal_ends_an_argo_sweep_like_sigterm(environ, api, tmp_path):
+    # GIVEN a sweep started from a terminal, both of its variants running on the cluster
+    api.hang.add("c1_n")
+    command = [
+        sys.executable, str(ROOT / "sweep_deployer.py"), "-m", "backend=argo",
+        f"backend.image={IMAGE}", "backend.poll_seconds=0.2", "cpu=1", "tensor_dim=32,64",
+        "measure_seconds=0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]  # fmt: skip
+    terminal = Terminal(command, environ)
+    try:
+        wait_for(lambda: len(api.running()) == 2 or terminal.process.poll() is not None, 180)
+        assert len(api.running()) == 2, terminal.text()
+        # WHEN the user closes the terminal (SIGHUP, and nowhere left to print)
+        terminal.close()
+        returncode = terminal.process.wait(60)
+    finally:
+        terminal.kill()
+    # THEN the sweep ended as after Ctrl-C: its workflows stopped, nothing left on the cluster,
+    # every variant recorded as cancelled
+    assert returncode == 130
+    assert api.running() == []
+    assert api.names("workflowtemplates") == [] and api.names("sensors") == []
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [v["status"] for v in summary["variants"]] == ["cancelled", "cancelled"]

@@ -99,8 +99,8 @@ class Backend(Protocol):
 
     The sweep calls ``preflight`` once before anything runs, then ``start`` once,
     ``run_variant`` once per variant (from several threads at once when the launcher runs jobs
-    in parallel), ``cancel`` from the main thread on Ctrl-C or SIGTERM, and ``finish`` exactly
-    once at the end, whatever happened.
+    in parallel), ``cancel`` from the main thread on Ctrl-C, SIGTERM or SIGHUP, and ``finish``
+    exactly once at the end, whatever happened.
     """
 
     def preflight(self, sweep: SweepSpec) -> None:
