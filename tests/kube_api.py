@@ -37,7 +37,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 PATH = re.compile(
-    r"^/apis/argoproj\.io/v1alpha1/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
+    r"^/apis?/(?:argoproj\.io/v1alpha1|(?P<core>v1))/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)"
+    r"(?:/(?P<name>[^/]+))?$"
 )
 KINDS = {
     "workflows": "Workflow",
@@ -46,6 +47,7 @@ KINDS = {
     "sensors": "Sensor",
     "eventsources": "EventSource",
     "eventbus": "EventBus",
+    "configmaps": "ConfigMap",  # the core API's (/api/v1): an analytics semaphore's limit
 }
 FINISHED = ("Succeeded", "Failed", "Error")
 GROUP = "argoproj.io"
@@ -361,7 +363,11 @@ class KubeAPI:
                 self.flaky = max(0, self.flaky - 1)
                 return 503, self._status(503, "the server is currently unable to handle it")
             match = PATH.match(path)
-            if not match or match["plural"] not in KINDS:
+            if (
+                not match
+                or match["plural"] not in KINDS
+                or bool(match["core"]) != (match["plural"] == "configmaps")
+            ):
                 return 404, self._status(404, f"no route for {method} {path}")
             ns, plural, name = match["ns"], match["plural"], match["name"]
             key = (ns, plural, name)

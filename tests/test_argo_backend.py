@@ -941,3 +941,77 @@ def test_closing_the_terminal_ends_an_argo_sweep_like_sigterm(environ, api, tmp_
     assert api.names("workflowtemplates") == [] and api.names("sensors") == []
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert [v["status"] for v in summary["variants"]] == ["cancelled", "cancelled"]
+
+
+def analytics_objects(api) -> tuple[dict, dict, list[dict]]:
+    """The analytics WorkflowTemplate and Sensor the sweep made, as last seen, and its Workflows."""
+    (template,) = [
+        t for t in api.ever("workflowtemplates")
+        if t["metadata"]["annotations"]["metaflow/branch_name"].endswith("_analytics")
+    ]  # fmt: skip
+    (sensor,) = api.ever("sensors")
+    workflows = [
+        w for w in api.ever("workflows")
+        if w["metadata"]["labels"]["torchperf/variant"] == "analytics"
+    ]  # fmt: skip
+    return template, sensor, workflows
+
+
+def sensor_started_template(sensor: dict) -> str:
+    """The WorkflowTemplate the Workflows a Sensor starts are started from."""
+    (trigger,) = sensor["spec"]["triggers"]
+    action = trigger["template"].get("argoWorkflow") or trigger["template"]["k8s"]
+    return action["source"]["resource"]["spec"]["workflowTemplateRef"]["name"]
+
+
+def test_one_analytics_workflow_runs_at_a_time_through_argo_s_mutex(environ, api, tmp_path):
+    from hera.workflows.models import Synchronization
+
+    # GIVEN a sweep with the default analytics parallelism (1)
+    sweep = make_sweep(tmp_path, "mutextag", [(1, 64)])
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    template, sensor, workflows = analytics_objects(api)
+    # THEN the analytics template holds a mutex of the sweep's own, valid as Argo's (hera's
+    # model), and needs no ConfigMap
+    lock = template["spec"]["synchronization"]
+    Synchronization.model_validate(lock, extra="forbid")
+    assert [m["name"] for m in lock["mutexes"]] == ["torchperf-analytics-mutextag"]
+    assert "semaphores" not in lock and api.ever("configmaps") == []
+    # ... every Workflow the Sensor starts comes from that template, so it takes that lock
+    assert sensor_started_template(sensor) == template["metadata"]["name"]
+    # ... and the final analytics run goes before live ones still waiting for it
+    (final,) = workflows
+    assert final["spec"]["priority"] > 0
+
+
+def test_more_analytics_workflows_at_once_through_a_semaphore_the_sweep_makes(
+    environ, api, tmp_path
+):
+    from hera.workflows.models import Synchronization
+
+    # GIVEN a sweep that allows three analytics Workflows at once
+    sweep = make_sweep(tmp_path, "semtag", [(1, 64)])
+    backend = ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2, analytics_parallelism=3)
+    outcomes, _ = run_sweep(backend, sweep)
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    template, _, _ = analytics_objects(api)
+    # THEN the template's semaphore reads its limit from a ConfigMap the sweep made, labelled
+    # with its tag, that says three
+    lock = template["spec"]["synchronization"]
+    Synchronization.model_validate(lock, extra="forbid")
+    (semaphore,) = lock["semaphores"]
+    (config_map,) = api.ever("configmaps")
+    assert semaphore["configMapKeyRef"]["name"] == config_map["metadata"]["name"]
+    assert config_map["data"][semaphore["configMapKeyRef"]["key"]] == "3"
+    assert config_map["metadata"]["labels"]["torchperf/tag"] == "semtag"
+    # ... and teardown removed it with the rest
+    assert api.names("configmaps") == []
+
+
+def test_an_analytics_parallelism_below_one_is_refused_before_anything_runs(environ, api, tmp_path):
+    sweep = make_sweep(tmp_path, "zerotag", [(1, 64)])
+    backend = ArgoBackend(environ=environ, image=IMAGE, analytics_parallelism=0)
+    with pytest.raises(ConfigError, match="backend.analytics_parallelism=0 must be at least 1"):
+        backend.preflight(sweep)
+    assert api.requests == []

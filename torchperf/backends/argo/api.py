@@ -77,7 +77,9 @@ class Argo:
         # urllib3 would retry a timed-out read three times on its own: the retries here are
         # the only ones, so that a request's bound is its bound.
         configuration.retries = False
-        self.api = client.CustomObjectsApi(client.ApiClient(configuration))
+        api_client = client.ApiClient(configuration)
+        self.api = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)  # ConfigMaps: an analytics semaphore's limit
         self.rest = client.rest
         self.namespace = settings.namespace
         self.request_seconds = request_seconds
@@ -91,7 +93,9 @@ class Argo:
         self._deadline = min(self._deadline, time.monotonic() + seconds)
         self._ending.set()
 
-    def _call(self, method: str, *args, **kwargs):
+    def _call(self, method: str, *args, _on=None, **kwargs):
+        """``method`` of the custom objects API (of ``_on``, another API, where given), bounded
+        and retried."""
         from urllib3.exceptions import HTTPError as TransportError
 
         limit = time.monotonic() + self.patience_seconds
@@ -102,7 +106,7 @@ class Argo:
                 raise last or TimeoutError("the sweep is ending: no time left for the API")
             timeout = min(self.request_seconds, left)
             try:
-                return getattr(self.api, method)(
+                return getattr(_on or self.api, method)(
                     *args, _request_timeout=(min(timeout, 5.0), timeout), **kwargs
                 )
             except self.rest.ApiException as error:
@@ -187,21 +191,47 @@ class Argo:
                 ) from None
         return look.name
 
-    def dress_template(self, template: str, look: WorkflowLook) -> dict:
+    def dress_template(
+        self, template: str, look: WorkflowLook, synchronization: dict | None = None
+    ) -> dict:
         """Give every Workflow started from ``template`` (by a Sensor too) the look's labels,
-        annotations, TTL and pod GC (Argo copies ``workflowMetadata`` onto each Workflow), and
-        the template the sweep's label; the template as the API then holds it."""
+        annotations, TTL and pod GC (Argo copies ``workflowMetadata`` onto each Workflow) and
+        ``synchronization`` (Argo's lock, taken before the Workflow runs), and the template the
+        sweep's label; the template as the API then holds it."""
         patch = {
             "metadata": {"labels": {TAG_LABEL: look.labels[TAG_LABEL]}},
             "spec": {
                 "workflowMetadata": {"labels": look.labels, "annotations": look.annotations},
                 **look.spec,
+                **({"synchronization": synchronization} if synchronization else {}),
             },
         }
         return self._call(
             "patch_namespaced_custom_object",
             GROUP, VERSION, self.namespace, "workflowtemplates", template, patch,
         )  # fmt: skip
+
+    def put_config_map(self, name: str, data: dict, labels: dict) -> None:
+        """Create a ConfigMap, or give the one already there this data and these labels."""
+        body = {"metadata": {"name": name, "labels": labels}, "data": data}
+        try:
+            self._call("create_namespaced_config_map", self.namespace, body, _on=self.core)
+        except self.rest.ApiException as error:
+            if error.status != 409:
+                raise
+            self._call("patch_namespaced_config_map", name, self.namespace, body, _on=self.core)
+
+    def delete_config_map(self, name: str, namespace: str | None = None) -> bool:
+        """Delete one ConfigMap; False when it was already gone."""
+        try:
+            self._call(
+                "delete_namespaced_config_map", name, namespace or self.namespace, _on=self.core
+            )
+            return True
+        except self.rest.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
 
     def terminate(self, name: str) -> None:
         body = {"spec": {"shutdown": "Terminate"}}

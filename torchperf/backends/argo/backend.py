@@ -54,6 +54,8 @@ from torchperf.settings import ConfigError, VariantSettings, parse_variant_confi
 
 # How long a live-analytics sweep waits for Argo Events to deploy its new Sensor.
 SENSOR_WAIT_SECONDS = 120.0
+# The final analytics run's priority: Argo's lock queue lets it go before live ones waiting.
+FINAL_ANALYTICS_PRIORITY = 1
 # Preflight's API calls give up sooner than the sweep's: a wrong address is one line in seconds.
 PREFLIGHT_PATIENCE_SECONDS = 20.0
 
@@ -99,6 +101,7 @@ class ArgoBackend:
         api_request_seconds: float = REQUEST_SECONDS,
         api_patience_seconds: float = PATIENCE_SECONDS,
         sensor_wait_seconds: float = SENSOR_WAIT_SECONDS,
+        analytics_parallelism: int = 1,
         environ: Mapping[str, str] | None = None,
     ):
         self.max_parallel = max_parallel
@@ -114,6 +117,7 @@ class ArgoBackend:
         self.api_request_seconds = api_request_seconds
         self.api_patience_seconds = api_patience_seconds
         self.sensor_wait_seconds = sensor_wait_seconds
+        self.analytics_parallelism = analytics_parallelism
         self.flow_file = str(flow_path(flow_file))
         self.analytics_file = str(flow_path(analytics_file))
         self.environ = dict(os.environ if environ is None else environ)
@@ -125,6 +129,7 @@ class ArgoBackend:
         self._templates: set[str] = set()  # every WorkflowTemplate this sweep may have created
         self._sensor: tuple[str, str] | None = None  # (namespace, name) of the analytics Sensor
         self._analytics: str | None = None  # the analytics flow's WorkflowTemplate
+        self._config_map: str | None = None  # the analytics semaphore's limit, where made
         self._pool: ThreadPoolExecutor | None = None  # one thread per variant in flight
         self._deploys: DeployPool | None = None  # the processes Metaflow's creates run in
         self._settings: ArgoSettings | None = None
@@ -251,6 +256,10 @@ class ArgoBackend:
     def preflight(self, sweep: SweepSpec) -> None:
         """Settings and every planned variant's config; a dry run also compiles, checks and
         writes every template, with nothing sent to Kubernetes."""
+        if self.analytics_parallelism < 1:
+            raise ConfigError(
+                f"backend.analytics_parallelism={self.analytics_parallelism} must be at least 1"
+            )
         self._settings = resolve_settings(
             self.environ, namespace=self.namespace, image=self.image,
             guaranteed_qos=self.guaranteed_qos, dry_run=sweep.dry_run,
@@ -351,8 +360,14 @@ class ArgoBackend:
             raise RuntimeError(f"SweepAnalyticsFlow was not deployed: {one_line(error)}") from None
         self._analytics = created.name
         self._templates.add(created.name)
-        # Before any event: the Sensor's Workflows take their labels and TTL from the template.
-        held = self._argo.dress_template(created.name, self._analytics_look(sweep))
+        # Before any event: the Sensor's Workflows take their labels, TTL and lock from the
+        # template. At most analytics_parallelism of them run at once; the others wait.
+        lock, config_map = manifests.analytics_lock(sweep.tag, self.analytics_parallelism)
+        if config_map:
+            self._config_map = config_map["name"]
+            self._argo.put_config_map(config_map["name"], config_map["data"],
+                                      {TAG_LABEL: sweep.tag})  # fmt: skip
+        held = self._argo.dress_template(created.name, self._analytics_look(sweep), lock)
         manifests.write_manifest(self._manifests / "analytics.workflowtemplate.json", held)
         self._sensor = manifests.sensor_of(held, self._settings.sensor_namespace)
         why = self._analytics_problem(sweep, held, held=True) or self._sensor_problem(sweep)
@@ -525,9 +540,12 @@ class ArgoBackend:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=interrupted)
             if not interrupted and not self._cancelled.is_set():
-                workflow = self._argo.trigger(
-                    self._analytics, self._user, self._analytics_look(sweep)
-                )  # named like no other: a resumed sweep's attempts differ
+                look = self._analytics_look(sweep)
+                look = dataclasses.replace(
+                    look, spec={**look.spec, "priority": FINAL_ANALYTICS_PRIORITY}
+                )
+                # Named like no other: a resumed sweep's attempts differ.
+                workflow = self._argo.trigger(self._analytics, self._user, look)
                 run = f"SweepAnalyticsFlow/argo-{workflow}"
                 deadline = time.monotonic() + sweep.variant_timeout_seconds
                 while (phase := self._argo.phase(workflow))[0].running:
@@ -563,6 +581,12 @@ class ArgoBackend:
                     for workflow, _ in workflows:
                         self._tidy(f"delete Workflow {workflow}", self._argo.delete,
                                    "workflows", workflow)  # fmt: skip
+                if self._config_map and self._tidy(
+                    f"delete ConfigMap {self._config_map}",
+                    self._argo.delete_config_map,
+                    self._config_map,
+                ):
+                    self._config_map = None
             self._report_leftovers()
 
     def _report_leftovers(self) -> None:

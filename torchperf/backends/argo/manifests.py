@@ -82,6 +82,25 @@ def workflow_look(
     )
 
 
+# The key of the ConfigMap whose value bounds the sweep's analytics Workflows (above one).
+LIMIT_KEY = "workflows"
+
+
+def analytics_lock(tag: str, parallelism: int) -> tuple[dict, dict | None]:
+    """Argo's ``synchronization`` that lets at most ``parallelism`` of sweep ``tag``'s analytics
+    Workflows run at once (the others wait, Pending, in Argo's queue), and the ConfigMap a
+    semaphore reads its limit from (None for a mutex, which needs none).
+
+    On a WorkflowTemplate it holds for every Workflow started from it: Argo merges the template's
+    spec into the Workflow's and takes a Workflow-level lock before running it
+    (argo-workflows v4.0.5, workflow/controller/operator.go); v3.6 on names them in lists."""
+    name = f"torchperf-analytics-{kube_name(tag)}"
+    if parallelism == 1:
+        return {"mutexes": [{"name": name}]}, None
+    config_map = {"name": name, "data": {LIMIT_KEY: str(parallelism)}}
+    return {"semaphores": [{"configMapKeyRef": {"name": name, "key": LIMIT_KEY}}]}, config_map
+
+
 def strip_nulls(document):
     """Remove null-valued fields recursively: Metaflow emits them, hera's models predate some."""
     if isinstance(document, dict):
