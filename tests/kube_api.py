@@ -9,6 +9,8 @@ Workflow from that Sensor's trigger. What it does not do is run pods: no step ev
         api.write_kubeconfig(tmp_path / "kubeconfig")
         api.fail.add("c2_n64_")    # workflows whose branch (or template name) has this end Failed
         api.hang.add("c4_n64_")    # ... these stay Running until terminated
+        api.unschedulable["c8_n64_"] = "0/1 nodes are available: 1 Insufficient cpu."
+                                   # ... these never get their pod scheduled, saying so
         api.forbid.add("c8n64")    # creating an object whose name has this answers 403
         api.undeletable.add("c8n64")  # ... deleting it answers 403
         api.admission.append(lambda plural, obj: ...)  # a mutating webhook
@@ -109,6 +111,8 @@ class KubeAPI:
         self.sensor_deploy_seconds = sensor_deploy_seconds  # from creation to Deployed=True
         self.fail: set[str] = set()  # branch or template-name fragments: those workflows fail
         self.hang: set[str] = set()  # ... those workflows never finish on their own
+        # ... those workflows' pods are never scheduled: fragment -> the scheduler's message
+        self.unschedulable: dict[str, str] = {}
         self.flaky = 0  # the next this many API calls answer 503, as a restarting server would
         # Mutating admission (Kyverno, Gatekeeper): each is called with (plural, object) on every
         # create and replace, and may change the object before it is stored.
@@ -225,19 +229,43 @@ class KubeAPI:
             + (workflow["metadata"].get("annotations", {}).get("metaflow/branch_name", ""))
         )
         age = time.monotonic() - self.started[workflow["metadata"]["name"]]
+        unschedulable = next((m for f, m in self.unschedulable.items() if f in template), None)
+        pod = "Running"  # the phase of the pod of its step, as Argo's node holds it
         if workflow["spec"].get("shutdown"):
             status.update(phase="Failed", message="Stopped with strategy 'Terminate'")
+            pod = "Failed"
         elif age < self.pending_seconds:
             status["phase"] = "Pending"
+        elif unschedulable:
+            status["phase"] = "Running"
+            pod = "Pending"
         elif any(f in template for f in self.hang) or age < self.pending_seconds + self.run_seconds:
             status["phase"] = "Running"
         elif any(f in template for f in self.fail):
             status.update(phase="Failed", message="child 'start' failed")
+            pod = "Failed"
         else:
             status["phase"] = "Succeeded"
+            pod = "Succeeded"
         if status["phase"] in FINISHED:
             status["finishedAt"] = _now_iso()
+        if status["phase"] != "Pending":
+            status["nodes"] = self._nodes(workflow["metadata"]["name"], status["phase"], pod,
+                                          unschedulable)  # fmt: skip
         return workflow
+
+    @staticmethod
+    def _nodes(name: str, phase: str, pod: str, unschedulable: str | None) -> dict:
+        """Argo's nodes of a Metaflow workflow under way: the DAG and the pod of its step. A pod
+        the scheduler cannot place is Pending, with the message Argo copies from its
+        PodScheduled condition (getPendingReason in workflow/controller/operator.go)."""
+        step = {"id": f"{name}-1", "name": f"{name}.start", "displayName": "start",
+                "type": "Pod", "phase": pod}  # fmt: skip
+        if pod == "Pending" and unschedulable:
+            step["message"] = f"Unschedulable: {unschedulable}"
+        dag = {"id": name, "name": name, "displayName": name, "type": "DAG", "phase": phase,
+               "children": [step["id"]]}  # fmt: skip
+        return {dag["id"]: dag, step["id"]: step}
 
     def _seen(self, ns: str, plural: str, obj: dict) -> dict:
         """An object as a reader finds it now: what the controllers have done by then."""

@@ -1015,3 +1015,46 @@ def test_an_analytics_parallelism_below_one_is_refused_before_anything_runs(envi
     with pytest.raises(ConfigError, match="backend.analytics_parallelism=0 must be at least 1"):
         backend.preflight(sweep)
     assert api.requests == []
+
+
+def test_a_variant_the_cluster_cannot_schedule_says_why_and_times_out_never_scheduled(
+    environ, api, tmp_path, capfd
+):
+    from torchperf.summary import SweepSummary
+
+    # GIVEN two variants, one of which asks for more CPU than any node has free
+    insufficient = "0/1 nodes are available: 1 Insufficient cpu."
+    api.unschedulable["c2_n64_"] = insufficient
+    sweep = make_sweep(tmp_path, "schedtag", [(1, 64), (2, 64)], timeout=3.0)
+    # WHEN the sweep runs them
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    stuck, ran = outcomes["c2_n64"], outcomes["c1_n64"]
+    # THEN the user heard why it did not run, once, while it waited
+    told = [line for line in capfd.readouterr().err.splitlines() if insufficient in line]
+    assert len(told) == 1 and told[0].startswith("c2_n64 "), told
+    # ... it timed out saying it was never scheduled, and why
+    assert stuck.status == "timeout", stuck
+    assert stuck.message.startswith("never scheduled in 3 s") and insufficient in stuck.message
+    # ... all of its timeout was spent waiting; the other waited only until its pod ran
+    assert stuck.pending_seconds >= 3.0
+    assert ran.status == "succeeded" and 0 <= ran.pending_seconds < 2
+    # ... and the summary keeps the time spent waiting apart
+    summary = SweepSummary(tmp_path / "summary", "schedtag", "argo", 2)
+    for variant, _ in sweep.planned:
+        summary.record(variant, outcomes[variant.id])
+    entries = {v["branch"]: v for v in summary.variants}
+    assert [entries[v.branch]["pending_seconds"] for v, _ in sweep.planned] == [
+        ran.pending_seconds, stuck.pending_seconds
+    ]  # fmt: skip
+
+
+def test_time_spent_pending_is_counted_apart_from_the_run(environ, api, tmp_path):
+    # GIVEN a cluster that keeps every Workflow Pending for two seconds (a queue)
+    api.pending_seconds = 2.0
+    sweep = make_sweep(tmp_path, "queuetag", [(1, 64)])
+    # WHEN a variant runs
+    outcomes, _ = run_sweep(ArgoBackend(environ=environ, image=IMAGE, poll_seconds=0.2), sweep)
+    # THEN its outcome holds the time it waited
+    outcome = outcomes["c1_n64"]
+    assert outcome.status == "succeeded", outcome
+    assert 1.5 <= outcome.pending_seconds < 3.0

@@ -45,6 +45,8 @@ class SweepSummary:
             entry["gflops_ci"] = outcome.gflops_ci  # [low, high, level]
         if outcome.warnings is not None:
             entry["warnings"] = outcome.warnings  # shared cores, throttling, governor
+        if outcome.pending_seconds is not None:
+            entry["pending_seconds"] = outcome.pending_seconds  # waited, nothing running
         if outcome.message:
             entry["message"] = outcome.message
         with self._lock:

@@ -85,6 +85,9 @@ class Outcome:
     gflops: float | None = None  # the measured median, when it succeeded
     message: str | None = None  # why it did not succeed, one line
     measure_seconds: float | None = None  # time spent in timed samples, when it succeeded
+    # Time it waited with nothing running (a cluster's queue, pods not yet scheduled, images
+    # pulled), within its timeout; None where a backend does not wait so (local runs).
+    pending_seconds: float | None = None
     # The median's interval [low, high, level] and the result's warnings; None: not read yet
     # (the sweep reads them from the run).
     gflops_ci: list[float] | None = None

@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import dataclass
 from enum import Enum
 
 from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook
@@ -35,6 +36,39 @@ class Phase(str, Enum):
     @property
     def running(self) -> bool:
         return self in (Phase.PENDING, Phase.RUNNING)
+
+
+@dataclass(frozen=True)
+class WorkflowState:
+    """What one read of a Workflow says of it."""
+
+    phase: Phase
+    message: str  # the Workflow's own message ("" when none)
+    # Nothing of it runs: the Workflow is Pending (a lock, the controller's queue), or its
+    # pods are (waiting to be scheduled, pulling an image) and none runs.
+    waiting: bool = False
+    why: str = ""  # why it waits, as Argo says: "Unschedulable: 0/3 nodes are available: ..."
+    started: bool = False  # one of its pods has left Pending
+
+    @classmethod
+    def from_workflow(cls, workflow: dict) -> WorkflowState:
+        status = workflow.get("status") or {}
+        phase = Phase.from_argo(status.get("phase"))
+        message = status.get("message") or ""
+        if phase is Phase.PENDING:
+            return cls(phase, message, waiting=True, why=message)
+        # Argo copies a Pending pod's reason into its node's message (getPendingReason).
+        pods = [n for n in (status.get("nodes") or {}).values() if n.get("type") == "Pod"]
+        pending = [n for n in pods if n.get("phase") == "Pending"]
+        running = any(n.get("phase") == "Running" for n in pods)
+        why = next((n["message"] for n in pending if n.get("message")), "")
+        return cls(
+            phase,
+            message,
+            waiting=phase.running and bool(pending) and not running,
+            why=why,
+            started=any(n.get("phase") != "Pending" for n in pods),
+        )
 
 
 # API answers worth another try: the server was busy or briefly away, nothing was changed.
@@ -146,11 +180,15 @@ class Argo:
 
     def phase(self, name: str) -> tuple[Phase, str]:
         """(phase, message); a Workflow that is no longer there has Failed."""
+        state = self.state(name)
+        return state.phase, state.message
+
+    def state(self, name: str) -> WorkflowState:
+        """What the Workflow says of itself now; one that is no longer there has Failed."""
         workflow = self.get("workflows", name)
         if workflow is None:
-            return Phase.FAILED, GONE
-        status = workflow.get("status") or {}
-        return Phase.from_argo(status.get("phase")), status.get("message") or ""
+            return WorkflowState(Phase.FAILED, GONE)
+        return WorkflowState.from_workflow(workflow)
 
     def trigger(self, template: str, user: str, look: WorkflowLook) -> str:
         """Start a Workflow from ``template``, as `argo-workflows trigger` does; its name.

@@ -36,6 +36,7 @@ from torchperf.backends.argo.api import (
     TEARDOWN_SECONDS,
     Argo,
     Phase,
+    WorkflowState,
 )
 from torchperf.backends.argo.deploy import (
     CREATE_GRACE_SECONDS,
@@ -56,6 +57,9 @@ from torchperf.settings import ConfigError, VariantSettings, parse_variant_confi
 SENSOR_WAIT_SECONDS = 120.0
 # The final analytics run's priority: Argo's lock queue lets it go before live ones waiting.
 FINAL_ANALYTICS_PRIORITY = 1
+# The reasons a Workflow waits that the user must hear of (Argo's node messages): the cluster
+# cannot place its pod, or cannot pull its image.
+WAITING_TROUBLE = ("Unschedulable", "ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 # Preflight's API calls give up sooner than the sweep's: a wrong address is one line in seconds.
 PREFLIGHT_PATIENCE_SECONDS = 20.0
 
@@ -480,27 +484,49 @@ class ArgoBackend:
             return False
 
     def _wait(self, sweep: SweepSpec, variant: Variant, workflow: str, run: str) -> Outcome:
-        deadline = time.monotonic() + sweep.variant_timeout_seconds
+        """Watch one Workflow to its end, timing apart what it spent waiting with nothing
+        running (the variant timeout counts it), and saying why it waits where that needs the
+        user (a pod the cluster cannot schedule, an image it cannot pull)."""
+        timeout = sweep.variant_timeout_seconds
+        deadline = time.monotonic() + timeout
+        pending, waiting, started, told = 0.0, True, False, set()
+        last = time.monotonic()
         while True:
-            phase, message = self._argo.phase(workflow)
-            if not phase.running:
+            state = self._argo.state(workflow)
+            now = time.monotonic()
+            if waiting:  # the time since the last read counts as it was then
+                pending += now - last
+            last, waiting = now, state.waiting
+            started = started or state.started
+            if not state.phase.running:
                 break
+            if state.waiting and state.why.startswith(WAITING_TROUBLE) and state.why not in told:
+                told.add(state.why)
+                print(f"{variant.id} is not running yet: {state.why}", file=sys.stderr)
             if self._cancelled.is_set():
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
-                return Outcome(Status.CANCELLED, run=run, message="the sweep was interrupted")
-            if time.monotonic() > deadline:
+                return Outcome(
+                    Status.CANCELLED, run=run, message="the sweep was interrupted",
+                    pending_seconds=round(pending, 1),
+                )  # fmt: skip
+            if now > deadline:
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
                 return Outcome(
-                    Status.TIMEOUT,
-                    run=run,
-                    message=f"still {phase} after {sweep.variant_timeout_seconds:g} s",
-                )
+                    Status.TIMEOUT, run=run, message=_timeout_message(state, started, timeout),
+                    pending_seconds=round(pending, 1),
+                )  # fmt: skip
             self._cancelled.wait(self.poll_seconds)
-        if phase is not Phase.SUCCEEDED:
-            return Outcome(Status.FAILED, run=run, message=f"{phase}: {message}"[:300])
+        if state.phase is not Phase.SUCCEEDED:
+            return Outcome(
+                Status.FAILED, run=run, message=f"{state.phase}: {state.message}"[:300],
+                pending_seconds=round(pending, 1),
+            )  # fmt: skip
         # The variant's end step has published its event from inside the cluster already.
         gflops, why = _gflops(run)
-        return Outcome(Status.SUCCEEDED, run=run, gflops=gflops, message=why)
+        return Outcome(
+            Status.SUCCEEDED, run=run, gflops=gflops, message=why,
+            pending_seconds=round(pending, 1),
+        )  # fmt: skip
 
     def cancel(self) -> None:
         """Stop everything now: queued variants never start, creates in flight stop, no event
@@ -603,6 +629,17 @@ class ArgoBackend:
         if not self._torn_down and self._argo is not None:
             self._argo.hurry()
             self._teardown()
+
+
+def _timeout_message(state: WorkflowState, started: bool, timeout: float) -> str:
+    """Why a variant timed out: never scheduled (and why), never started, or still running."""
+    if not started and state.why.startswith("Unschedulable"):
+        return f"never scheduled in {timeout:g} s: {state.why}"[:300]
+    if not started:
+        return f"never started in {timeout:g} s: {state.why or f'its Workflow {state.phase}'}"[:300]
+    if state.waiting and state.why:
+        return f"still {state.phase} after {timeout:g} s, a step waiting: {state.why}"[:300]
+    return f"still {state.phase} after {timeout:g} s"
 
 
 def _into(items: list, call, *args) -> None:
