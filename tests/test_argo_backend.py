@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kube_api import KubeAPI
+from kube_api import KINDS, KubeAPI
 from terminal import Terminal
 
 from cluster.metadata import start_metadata_service
@@ -1058,3 +1058,69 @@ def test_time_spent_pending_is_counted_apart_from_the_run(environ, api, tmp_path
     outcome = outcomes["c1_n64"]
     assert outcome.status == "succeeded", outcome
     assert 1.5 <= outcome.pending_seconds < 3.0
+
+
+def clean_command(tag: str, environ: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torchperf", "clean", tag], env=environ, capture_output=True,
+        text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_clean_removes_everything_a_sweep_left_and_nothing_else(environ, api, tmp_path):
+    # GIVEN a sweep that left its objects behind (kept here, as a SIGKILL would leave them):
+    # templates, Sensor, Workflows, its analytics semaphore's ConfigMap
+    sweep = make_sweep(tmp_path, "lefttag", [(1, 64)])
+    backend = ArgoBackend(
+        environ=environ, image=IMAGE, poll_seconds=0.2, keep_deployments=True,
+        analytics_parallelism=2,
+    )  # fmt: skip
+    outcomes, _ = run_sweep(backend, sweep)
+    assert outcomes["c1_n64"].status == "succeeded", outcomes
+    # ... a template its create made before the sweep could label it, with its Sensor
+    base = "/apis/argoproj.io/v1alpha1/namespaces/default"
+
+    def post(plural, name, labels=None, annotations=None):
+        metadata = {"name": name, "labels": labels or {}, "annotations": annotations or {}}
+        assert api.handle("POST", f"{base}/{plural}", {"metadata": metadata, "spec": {}})[0] == 201
+
+    post("workflowtemplates", "cut-short", annotations={
+        "metaflow/tags": json.dumps(["lefttag"]), "metaflow/branch_name": "test.c2_n64_lefttag",
+        "metaflow/sensor_name": "cut-short-sensor"})  # fmt: skip
+    post("sensors", "cut-short-sensor")
+    # ... and what is not the sweep's: another sweep's objects, a template of another flow that
+    # a user tagged alike
+    others = {("workflowtemplates", "other-sweep"), ("workflows", "other-run"),
+              ("workflowtemplates", "unrelated")}  # fmt: skip
+    post("workflowtemplates", "other-sweep", labels={"torchperf/tag": "othertag"})
+    post("workflows", "other-run", labels={"torchperf/tag": "othertag"})
+    someone = {"metaflow/tags": json.dumps(["lefttag"]), "metaflow/branch_name": "test.someone"}
+    post("workflowtemplates", "unrelated", annotations=someone)
+    infrastructure = {("eventbus", "default"), ("eventsources", "argo-events-webhook")}
+    before = {(plural, name) for (_, plural, name) in api.objects}
+    left = before - others - infrastructure
+    assert {plural for plural, _ in left} == {
+        "workflowtemplates", "sensors", "workflows", "configmaps"
+    }  # fmt: skip
+    # WHEN the user cleans the sweep up
+    done = clean_command("lefttag", environ)
+    # THEN everything it left is gone, each named once, and nothing else
+    assert done.returncode == 0, done.stderr
+    after = {(plural, name) for (_, plural, name) in api.objects}
+    assert after == others | infrastructure
+    kinds = {kind: plural for plural, kind in KINDS.items()}
+    named = [line.removeprefix("deleted ").split() for line in done.stdout.splitlines()]
+    assert sorted((kinds[kind], path.split("/")[1]) for kind, path in named) == sorted(left)
+    # ... and once more, there is nothing left to clean: one line
+    again = clean_command("lefttag", environ)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [
+        "nothing of sweep lefttag is left in namespace default (torchperf/tag=lefttag)"
+    ]
+
+
+def test_clean_refuses_a_tag_that_cannot_be_a_sweep_s_in_one_line(environ, api):
+    done = clean_command("Not A Tag", environ)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: tag='Not A Tag' must be") and done.stderr.count("\n") == 1
+    assert api.requests == []

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook
-from torchperf.backends.argo.settings import ArgoSettings
+from torchperf.backends.argo.settings import ArgoSettings, ClusterAccess
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 
@@ -95,7 +95,7 @@ class Argo:
 
     def __init__(
         self,
-        settings: ArgoSettings,
+        settings: ArgoSettings | ClusterAccess,
         *,
         request_seconds: float = REQUEST_SECONDS,
         patience_seconds: float = PATIENCE_SECONDS,
@@ -296,6 +296,20 @@ class Argo:
             (wf["metadata"]["name"], Phase.from_argo((wf.get("status") or {}).get("phase")))
             for wf in listing.get("items", [])
         ]
+
+    def list(self, plural: str, namespace: str, selector: str | None = None) -> list[dict]:
+        """The objects of ``plural`` in ``namespace`` (those whose labels match ``selector``);
+        ``configmaps`` are the core API's."""
+        if plural == "configmaps":
+            listing = self._call(
+                "list_namespaced_config_map", namespace, label_selector=selector, _on=self.core
+            )
+            return [self.core.api_client.sanitize_for_serialization(i) for i in listing.items]
+        listing = self._call(
+            "list_namespaced_custom_object",
+            GROUP, VERSION, namespace, plural, label_selector=selector,
+        )  # fmt: skip
+        return listing.get("items", [])
 
     def delete(self, plural: str, name: str, namespace: str | None = None) -> bool:
         """Delete one object; False when it was already gone."""

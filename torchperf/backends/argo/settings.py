@@ -99,6 +99,27 @@ def probe_service(url: str, headers: str | None, timeout: float = 5.0) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterAccess:
+    """Where a sweep's objects live and how this machine reaches them: what ``clean`` needs."""
+
+    namespace: str  # where templates, workflows and ConfigMaps live
+    sensor_namespace: str  # where the analytics Sensor lives
+    kubeconfig: Path | None  # None: in-cluster credentials
+
+
+def cluster_access(environ: Mapping[str, str], namespace: str | None = None) -> ClusterAccess:
+    """The namespaces and kubeconfig Metaflow's configuration names (``namespace`` first);
+    ConfigError when no kubeconfig is found."""
+    config = metaflow_settings(environ)
+    namespace = namespace or config.get("KUBERNETES_NAMESPACE") or "default"
+    return ClusterAccess(
+        namespace=namespace,
+        sensor_namespace=config.get("ARGO_EVENTS_SENSOR_NAMESPACE") or namespace,
+        kubeconfig=kubeconfig_path(environ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ArgoSettings:
     namespace: str  # where templates and workflows live
     sensor_namespace: str  # where the analytics Sensor lives
