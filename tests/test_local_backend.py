@@ -15,10 +15,10 @@ def test_a_run_that_ignores_sigterm_is_killed_with_every_process_under_it(capfd)
             "sh", "-c", "trap '' TERM; sh -c 'sleep 60 & wait' & sleep 60 & wait"
         )
         deadline = time.monotonic() + 10
-        while len(local._descendants(process.pid, local._process_table())) < 3:
+        while len(local._descendants(process.pid)) < 3:
             assert time.monotonic() < deadline, "the process tree never came up"
             await asyncio.sleep(0.01)
-        tree = local._descendants(process.pid, local._process_table())
+        tree = local._descendants(process.pid)
         # WHEN the backend stops it
         began = time.monotonic()
         await local._stop(SimpleNamespace(command_obj=SimpleNamespace(process=process)))

@@ -2,7 +2,8 @@
 
 Metaflow renders each live-card refresh in a child process (``flow.py card create``); left
 running, it would compete with the timed loop for the same cores. ``card_renders_running`` tells
-the loop when it is done. It reads Linux's /proc (elsewhere it sees no renders).
+the loop when it is done. It reads Linux's /proc (elsewhere it sees no renders); the local
+backend stops a run's processes with the same two readers, ``children`` and ``alive``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie has ended, though its parent has not collected it."""
+    return _state(pid) not in (None, "Z", "X")
+
+
 def command_has(pid: int, marker: bytes) -> bool:
     """Whether the NUL-separated command line of ``pid`` contains ``marker``."""
     try:
@@ -47,11 +53,7 @@ def command_has(pid: int, marker: bytes) -> bool:
 
 def running_children(marker: bytes, pid: int | str = "self") -> list[int]:
     """The children of ``pid`` still running whose command line contains ``marker``."""
-    return [
-        child
-        for child in children(pid)
-        if _state(child) not in (None, "Z", "X") and command_has(child, marker)
-    ]
+    return [child for child in children(pid) if alive(child) and command_has(child, marker)]
 
 
 # Metaflow's card renderer runs as `python flow.py ... card create ...`; other children, such as

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
+from torchperf.card_renders import alive, children
 from torchperf.errors import failure_reason, one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
@@ -67,36 +68,18 @@ def _settle(future: asyncio.Future, value) -> None:
         future.set_result(value)
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """Every process's parent and state letter, from /proc (empty where there is none)."""
-    table = {}
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path("/proc", entry, "stat").read_text()
-                # The command name, in parentheses, may hold spaces: the fields follow its ")".
-                state, parent = stat.rsplit(")", 1)[1].split()[:2]
-                table[int(entry)] = (int(parent), state)
-    return table
-
-
-def _descendants(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
+def _descendants(pid: int) -> set[int]:
     """The processes under ``pid``: a run's steps and what they started (card renders)."""
     found, todo = set(), [pid]
     while todo:
-        parent = todo.pop()
-        children = [child for child, (up, _) in table.items() if up == parent]
-        found.update(children)
-        todo.extend(children)
+        below = children(todo.pop())
+        found.update(below)
+        todo.extend(below)
     return found
 
 
 def _living(pids: set[int]) -> set[int]:
-    """Those of ``pids`` still running: a zombie has ended, its parent not collected it yet."""
-    table = _process_table()
-    return {pid for pid in pids if table.get(pid, (0, "Z"))[1] != "Z"}
+    return {pid for pid in pids if alive(pid)}
 
 
 def _signal(pids, signum: int) -> None:
@@ -116,7 +99,7 @@ async def _stop(executing) -> None:
     process = executing.command_obj.process  # the one private name: see torchperf/private_api.py
     if process.returncode is not None:
         return
-    tree = _descendants(process.pid, _process_table())
+    tree = _descendants(process.pid)
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
     _signal(tree, signal.SIGTERM)
@@ -127,7 +110,7 @@ async def _stop(executing) -> None:
             return
         await asyncio.sleep(0.05)
     if process.returncode is None:
-        tree |= _descendants(process.pid, _process_table())
+        tree |= _descendants(process.pid)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
     _signal(_living(tree), signal.SIGKILL)
