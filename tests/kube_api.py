@@ -291,6 +291,26 @@ class KubeAPI:
             )
         return sensor
 
+    def _sensor_deployments(self, ns: str, query: str) -> dict:
+        """Argo Events' Deployment of a Sensor (label ``sensor-name``), its pod available once the
+        Sensor is deployed."""
+        selector = parse_qs(query).get("labelSelector", [""])[0]
+        name = selector.removeprefix("sensor-name=")
+        sensor = self.objects.get((ns, "sensors", name))
+        items = []
+        if sensor is not None and "status" in sensor:
+            conditions = self._reconcile_sensor(ns, sensor)["status"]["conditions"]
+            if any(c["type"] == "Deployed" and c["status"] == "True" for c in conditions):
+                items.append({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": f"{name}-sensor", "namespace": ns,
+                                 "labels": {"sensor-name": name}},
+                    "spec": {"selector": {"matchLabels": {"sensor-name": name}},
+                             "template": {"metadata": {}, "spec": {"containers": []}}},
+                    "status": {"replicas": 1, "availableReplicas": 1},
+                })  # fmt: skip
+        return {"apiVersion": "apps/v1", "kind": "DeploymentList", "items": items, "metadata": {}}
+
     def _admit(self, plural: str, body: dict) -> tuple[int, dict] | None:
         """A refusal (403) for a forbidden name, else None once admission has had its say."""
         name = body.get("metadata", {}).get("name", "")
@@ -390,6 +410,9 @@ class KubeAPI:
             if self.flaky > 0 or time.monotonic() < self.outage_until:
                 self.flaky = max(0, self.flaky - 1)
                 return 503, self._status(503, "the server is currently unable to handle it")
+            deployments = re.match(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/?$", path)
+            if deployments and method == "GET":
+                return 200, self._sensor_deployments(deployments[1], query)
             match = PATH.match(path)
             if (
                 not match

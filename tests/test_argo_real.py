@@ -129,10 +129,11 @@ def test_every_variant_is_measured_in_a_pod_and_read_back(sweep_2x2):
 def test_one_analytics_run_per_event_and_a_final_one(cluster, sweep_2x2):
     tag = sweep_2x2["summary"]["tag"]
     analytics = runs_of(cluster, "SweepAnalyticsFlow", tag)
-    assert len(analytics) == 5, analytics  # 4 started by the Sensor, 1 by the sweep
+    # Events reached the Sensor through the EventSource and the EventBus: it started analytics
+    # runs (one at a time: backend.analytics_parallelism); the final one, started by the sweep,
+    # goes first in that queue, and live runs still queued at the end go with the sweep.
     final = sweep_2x2["summary"]["analytics_run"]
-    # The final run reads every variant; live runs still going at the end are stopped with
-    # the sweep (the final one supersedes them).
+    assert len([p for p, _ in analytics if p != final]) >= 1, analytics
     assert [final] == [
         pathspec for pathspec, successful in analytics if pathspec == final and successful
     ]

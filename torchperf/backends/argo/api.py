@@ -114,6 +114,7 @@ class Argo:
         api_client = client.ApiClient(configuration)
         self.api = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)  # ConfigMaps: an analytics semaphore's limit
+        self.apps = client.AppsV1Api(api_client)  # the Sensor's Deployment: is its pod up
         self.rest = client.rest
         self.namespace = settings.namespace
         self.request_seconds = request_seconds
@@ -121,6 +122,15 @@ class Argo:
         self.backoff_seconds = backoff_seconds
         self._ending = threading.Event()  # set by hurry: retries wake up and meet the deadline
         self._deadline = math.inf  # monotonic time no call may outlast, once the sweep ends
+
+    def sensor_available(self, namespace: str, name: str) -> bool:
+        """Whether the Sensor's Deployment (Argo Events labels it ``sensor-name``) has a pod
+        available: its JetStream consumer subscribes as that pod starts."""
+        listing = self._call(
+            "list_namespaced_deployment", namespace, label_selector=f"sensor-name={name}",
+            _on=self.apps,
+        )  # fmt: skip
+        return any((d.status.available_replicas or 0) > 0 for d in listing.items)
 
     def hurry(self, seconds: float = TEARDOWN_SECONDS) -> None:
         """The sweep is ending: no call, running or to come, lasts past ``seconds`` from now."""

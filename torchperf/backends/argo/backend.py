@@ -387,14 +387,15 @@ class ArgoBackend:
 
     def _await_sensor(self) -> None:
         """Wait until Argo Events calls the new Sensor deployed (its EventBus ready, its Deployment
-        made): its JetStream consumer hears only events published after it subscribed, so no
-        variant starts before. The condition does not say the pod has subscribed; a variant's
-        event comes only after its own pod has started and measured."""
+        made) and its Deployment has a pod available: its JetStream consumer hears only events
+        published after it subscribed, so no variant starts before."""
         namespace, name = self._sensor
         deadline = time.monotonic() + self.sensor_wait_seconds
         while not self._cancelled.is_set():
             sensor = self._argo.get("sensors", name, namespace)
             why = "it was deleted" if sensor is None else sensor_not_deployed(sensor)
+            if why is None and not self._argo.sensor_available(namespace, name):
+                why = "its pod is not available yet"
             if why is None:
                 return
             if sensor is None or time.monotonic() > deadline:
