@@ -235,3 +235,20 @@ def test_a_study_whose_trials_all_failed_ends_in_one_line(command, monkeypatch):
     assert status == 1
     assert lines[-1] == "error: no trial succeeded: the study has no best value"
     assert len([call for call in backend.calls if call[0] == "run"]) == 2  # both were tried
+
+
+def test_a_backend_that_cannot_start_ends_in_one_line(command, monkeypatch):
+    from tests.test_sweep import FakeBackend
+    from torchperf import sweep
+
+    class Refused(FakeBackend):
+        def start(self, spec):
+            raise RuntimeError("Traceback ...\nForbidden: the sweep may not create sensors")
+
+    monkeypatch.setattr(sweep, "make_backend", lambda name, options: Refused())
+    status, lines, _ = command("-m", "cpu=1", "tensor_dim=32")
+    assert status == 1
+    assert lines[-1] == (
+        "error: the sweep could not start: Forbidden: the sweep may not create sensors"
+    )
+    assert not any(line.startswith("Traceback") for line in lines)

@@ -76,6 +76,9 @@ def run_command(main: Callable[[], object], arguments: Sequence[str]) -> int:
         main()
     except KeyboardInterrupt:
         return 130
+    except sweep.StartFailed as error:
+        print(f"error: the sweep could not start: {error}", file=sys.stderr)
+        return 1
     except sweep.FailedTrial as error:  # more failed trials than hydra.sweeper.max_failure_rate
         print(f"error: the study stopped: {error}", file=sys.stderr)
         return 1

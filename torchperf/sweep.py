@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torchperf.backends import make_backend
 from torchperf.backends.base import Backend, Outcome, SweepSpec
+from torchperf.errors import one_line
 from torchperf.history import Done, runs_tagged, succeeded_variants
 from torchperf.plan import (
     SWEPT_KEYS,
@@ -37,6 +38,11 @@ _last_exit_status = 0
 class FailedTrial(Exception):
     """A job's variant that failed, raised for sweepers that count failed trials by the job's
     exception (hydra-optuna-sweeper); its message says why."""
+
+
+class StartFailed(Exception):
+    """The backend could not begin (an API that refused, a Sensor that never came up): one
+    line for the user, after what it had started was stopped."""
 
 
 def last_exit_status() -> int:
@@ -187,6 +193,9 @@ class Sweep:
         opened = cls(spec, backend, name, done, display, summary, resume)
         try:
             backend.start(spec)  # from here on, close() stops whatever it started
+        except Exception as error:
+            opened.close(interrupted=True)
+            raise StartFailed(one_line(error)) from error
         except BaseException:
             opened.close(interrupted=True)
             raise
