@@ -154,26 +154,21 @@ def events_objects(source: Path) -> list[dict]:
 
 def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
     """What each image stands for on the node (cluster/go/kube/node: Image)."""
+
+    def built(repository: str, program: str, version: str) -> dict:
+        """An image whose program cluster/build.sh built (it runs as the image's entrypoint)."""
+        return {
+            "match": repository,
+            "path": [str(bin_dir)],
+            "entrypoint": [program],
+            "digest": f"{program}:{version}",
+        }
+
     return {
         "images": [
-            {
-                "match": "quay.io/argoproj/workflow-controller",
-                "path": [str(bin_dir)],
-                "entrypoint": ["workflow-controller"],
-                "digest": f"workflow-controller:{ARGO_VERSION}",
-            },
-            {
-                "match": "quay.io/argoproj/argoexec",
-                "path": [str(bin_dir)],
-                "entrypoint": ["argoexec"],
-                "digest": f"argoexec:{ARGO_VERSION}",
-            },
-            {
-                "match": "quay.io/argoproj/argo-events",
-                "path": [str(bin_dir)],
-                "entrypoint": ["argo-events"],
-                "digest": f"argo-events:{EVENTS_VERSION}",
-            },
+            built("quay.io/argoproj/workflow-controller", "workflow-controller", ARGO_VERSION),
+            built("quay.io/argoproj/argoexec", "argoexec", ARGO_VERSION),
+            built("quay.io/argoproj/argo-events", "argo-events", EVENTS_VERSION),
             {
                 "match": "nats",
                 "path": [str(bin_dir)],
