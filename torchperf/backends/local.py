@@ -103,18 +103,27 @@ async def _stop(executing) -> None:
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
     _signal(tree, signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + KILL_GRACE_SECONDS
-    while loop.time() < deadline:
-        if process.returncode is not None and not _living(tree):
-            return
-        await asyncio.sleep(0.05)
+    if await _ended(process, tree, KILL_GRACE_SECONDS):
+        return
     if process.returncode is None:
         tree |= _descendants(process.pid)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
     _signal(_living(tree), signal.SIGKILL)
-    await process.wait()
+    # SIGKILL cannot be refused: what is left is the kernel's time to end them.
+    await _ended(process, tree, KILL_GRACE_SECONDS)
+
+
+async def _ended(process, tree: set[int], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``process`` and every process of ``tree`` to end; whether
+    they all did."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while process.returncode is None or _living(tree):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 class _AnalyticsRun:
