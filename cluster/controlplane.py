@@ -185,14 +185,15 @@ def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
                 "match": IMAGE.split(":")[0],
                 "path": [str(image_env / "bin")],
                 "workdir": "/workspace",
-                "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE},
+                # HOME: the image user's home (image/Dockerfile), here the container's own /tmp.
+                "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE, "HOME": "/tmp"},
                 "digest": f"{IMAGE}@sha256:{image_env.name.removeprefix('image-')}",
             },
             {
                 "match": BROKEN_IMAGE.split(":")[0],
                 "path": [str(broken_env / "bin")],
                 "workdir": "/workspace",
-                "env": {"PYTHONUNBUFFERED": "1"},
+                "env": {"PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
             },
         ]
     }

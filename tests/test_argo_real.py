@@ -126,6 +126,31 @@ def test_every_variant_is_measured_in_a_pod_and_read_back(sweep_2x2):
     assert all(v["gflops"] > 0 for v in variants.values())
 
 
+def test_each_variant_ran_in_a_guaranteed_pod_not_as_root_and_says_where(cluster, sweep_2x2):
+    assert sweep_2x2["done"].returncode == 0, output(sweep_2x2)
+    code = (
+        "import json; from metaflow import Flow, namespace; namespace(None);"
+        f"tag = {sweep_2x2['summary']['tag']!r};"
+        "print(json.dumps([r.data.result['env'] for r in Flow('TorchPerfFlow').runs(tag)]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=sweep_env(cluster), capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    envs = json.loads(done.stdout)
+    nodes = [n.metadata.name for n in cluster.client("CoreV1Api").list_node().items]
+    images = json.loads((cluster.folder / "images.json").read_text())["images"]
+    digest = next(i["digest"] for i in images if IMAGE.startswith(i["match"]))
+    assert len(envs) == 4
+    for env in envs:
+        # The API server sets a pod's QoS class from every container's resources (Argo's too).
+        assert env["qos_class"] == "Guaranteed", env
+        assert env["uid"] not in (0, None), env
+        assert env["node"] in nodes, env
+        assert env["image_digest"] == digest, env
+        assert env["pod_unreadable"] is None, env
+
+
 def test_one_analytics_run_per_event_and_a_final_one(cluster, sweep_2x2):
     tag = sweep_2x2["summary"]["tag"]
     analytics = runs_of(cluster, "SweepAnalyticsFlow", tag)

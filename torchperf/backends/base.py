@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -51,6 +53,23 @@ def flow_path(flow: str, links: Path = FLOW_LINKS) -> Path:
     if all((links / name).resolve() == ROOT / name for name in (flow, *PACKAGED)):
         return links / flow
     return ROOT / flow
+
+
+def snapshot_flows(folder: Path, flows: Iterable[str], root: Path = ROOT) -> Path:
+    """Copies of ``flows`` and of what the pods import (PACKAGED), as they are in ``root`` now, in
+    ``folder``: the one code a sweep deploys. Every create packages the flow's folder when it
+    runs, so a flow or torchperf/ edited while a sweep deploys would reach only the variants
+    created after the edit (or fail them half-way); the copies do not change. The folder holds
+    what the links in FLOW_LINKS hold, so each package holds the same files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (*flows, *PACKAGED):
+        source, target = root / name, folder / name
+        if source.is_dir():
+            skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+    return folder
 
 
 @dataclass

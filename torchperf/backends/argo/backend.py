@@ -47,7 +47,7 @@ from torchperf.backends.argo.deploy import (
 )
 from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook, sensor_not_deployed
 from torchperf.backends.argo.settings import ArgoSettings, metaflow_settings, resolve_settings
-from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path
+from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path, snapshot_flows
 from torchperf.backends.datastore_check import check_datastore
 from torchperf.errors import one_line
 from torchperf.plan import Variant, analytics_branch
@@ -94,6 +94,7 @@ class ArgoBackend:
         deploy_workers: int | None = None,
         keep_deployments: bool = False,
         guaranteed_qos: bool = True,
+        run_as_user: int | None = 1000,
         image: str | None = None,
         cuda_image: str | None = None,
         namespace: str | None = None,
@@ -112,6 +113,7 @@ class ArgoBackend:
         self.deploy_workers = deploy_workers or os.cpu_count() or 2
         self.keep_deployments = keep_deployments
         self.guaranteed_qos = guaranteed_qos
+        self.run_as_user = run_as_user
         self.image = image
         self.cuda_image = cuda_image
         self.namespace = namespace
@@ -124,6 +126,7 @@ class ArgoBackend:
         self.analytics_parallelism = analytics_parallelism
         self.flow_file = str(flow_path(flow_file))
         self.analytics_file = str(flow_path(analytics_file))
+        self._flow_names = (flow_file, analytics_file)
         self.environ = dict(os.environ if environ is None else environ)
         # Who triggered the workflows, as Metaflow records it.
         self._user = self.environ.get("METAFLOW_USER") or self.environ.get("USER") or "torchperf"
@@ -191,13 +194,21 @@ class ArgoBackend:
         )  # fmt: skip
 
     def _analytics_look(self, sweep: SweepSpec) -> WorkflowLook:
-        return self._look(sweep, "analytics", analytics_title(sweep.tag))
+        # The analytics pods draw the card: no figure to protect, so no Guaranteed sizing.
+        patch = manifests.pod_spec_patch(guaranteed_qos=False, run_as_user=self.run_as_user)
+        return self._look(sweep, "analytics", analytics_title(sweep.tag), patch)
 
-    def _look(self, sweep: SweepSpec, variant: str, title: tuple[str, str]) -> WorkflowLook:
+    def _variant_look(self, sweep: SweepSpec, variant: Variant, settings) -> WorkflowLook:
+        patch = manifests.pod_spec_patch(
+            guaranteed_qos=self.guaranteed_qos, run_as_user=self.run_as_user
+        )
+        return self._look(sweep, variant.id, variant_title(settings, sweep.tag), patch)
+
+    def _look(self, sweep: SweepSpec, variant: str, title: tuple[str, str], patch) -> WorkflowLook:
         return manifests.workflow_look(
             sweep.tag, variant, *title, attempt=self._attempt,
             ttl_seconds=self.workflow_ttl_seconds, pod_gc=self.pod_gc,
-            deadline_seconds=sweep.variant_timeout_seconds,
+            deadline_seconds=sweep.variant_timeout_seconds, pod_spec_patch=patch,
         )  # fmt: skip
 
     def _close_deploys(self) -> None:
@@ -260,6 +271,13 @@ class ArgoBackend:
     def preflight(self, sweep: SweepSpec) -> None:
         """Settings and every planned variant's config; a dry run also compiles, checks and
         writes every template, with nothing sent to Kubernetes."""
+        if self.run_as_user is not None and (
+            type(self.run_as_user) is not int or self.run_as_user < 1
+        ):
+            raise ConfigError(
+                f"backend.run_as_user={self.run_as_user} must be a user id above 0 (0 is root), "
+                "or null to run as the image says"
+            )
         if self.analytics_parallelism < 1:
             raise ConfigError(
                 f"backend.analytics_parallelism={self.analytics_parallelism} must be at least 1"
@@ -274,6 +292,10 @@ class ArgoBackend:
         check_datastore(self._settings.datastore, metaflow_settings(self.environ), self.environ)
         self._sweep_tag = sweep.tag
         self._manifests = Path(sweep.sweep_dir) / "manifests"
+        # One code for the whole sweep, copied now: an edit made while it deploys reaches none
+        # of its variants (Metaflow packages each create from the flow's folder as it runs).
+        code = snapshot_flows(Path(sweep.sweep_dir) / "code", self._flow_names)
+        self.flow_file, self.analytics_file = (str(code / name) for name in self._flow_names)
         manifests.import_models()
         for variant, settings in sweep.planned:
             try:  # the flow's own parser, as its create would run it
@@ -465,7 +487,7 @@ class ArgoBackend:
         why = self._template_problem(sweep, variant, settings, held, held=True)
         if why:
             return Outcome(Status.FAILED, message=f"{variant.id} as deployed: {why}")
-        look = self._look(sweep, variant.id, variant_title(settings, sweep.tag))
+        look = self._variant_look(sweep, variant, settings)
         workflow = self._argo.trigger(created.name, self._user, look)
         # Metaflow names an Argo run after its workflow.
         return self._wait(sweep, variant, workflow, f"{created.flow_name}/argo-{workflow}")

@@ -41,7 +41,31 @@ class WorkflowLook:
     name: str  # ours, so that a create retried after a lost answer finds the first one
     labels: dict  # the sweep's tag, the variant and the attempt: what the UI and the sweep select
     annotations: dict  # title and description, shown by the Argo UI
-    spec: dict  # ttlStrategy, podGC, activeDeadlineSeconds: nothing outlives its use
+    spec: dict  # ttlStrategy, podGC, activeDeadlineSeconds (nothing outlives its use), podSpecPatch
+
+
+# What Argo's executor containers (init, wait) get when the pod is to be Guaranteed. Argo gives
+# them no resources unless its controller's config does (argo-workflows v4.0.5,
+# workflow/controller/workflowpod.go: newExecContainer), and one container without limits makes
+# the whole pod Burstable: it then never gets exclusive cores from a static CPU manager.
+EXECUTOR_RESOURCES = {"cpu": "100m", "memory": "256Mi"}
+
+
+def pod_spec_patch(*, guaranteed_qos: bool, run_as_user: int | None) -> str | None:
+    """Argo's ``podSpecPatch`` for the sweep's pods (applied after Argo adds its executor
+    containers, merged by container name): the executor's containers sized with limits equal
+    to requests, so that with Metaflow's guaranteed QoS the pod is Guaranteed; and every
+    container run as ``run_as_user``, never as root. None when there is nothing to patch."""
+    patch: dict = {}
+    if guaranteed_qos:
+        sized = {"requests": EXECUTOR_RESOURCES, "limits": EXECUTOR_RESOURCES}
+        patch["initContainers"] = [{"name": "init", "resources": sized}]
+        patch["containers"] = [{"name": "wait", "resources": sized}]
+    if run_as_user is not None:
+        patch["securityContext"] = {
+            "runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user,
+        }  # fmt: skip
+    return json.dumps(patch, sort_keys=True) if patch else None
 
 
 def kube_name(text: str) -> str:
@@ -67,8 +91,10 @@ def workflow_look(
     ttl_seconds: int,
     pod_gc: str,
     deadline_seconds: float,
+    pod_spec_patch: str | None = None,
 ) -> WorkflowLook:
     """The look of the Workflows of one variant (or of the analytics, ``variant="analytics"``)."""
+    patch = {"podSpecPatch": pod_spec_patch} if pod_spec_patch else {}
     return WorkflowLook(
         name=workflow_name(tag, variant, attempt),
         labels={TAG_LABEL: tag, VARIANT_LABEL: variant, ATTEMPT_LABEL: attempt},
@@ -78,6 +104,7 @@ def workflow_look(
             "podGC": {"strategy": pod_gc},
             # Argo stops it even when the sweep that started it is gone.
             "activeDeadlineSeconds": math.ceil(deadline_seconds),
+            **patch,
         },
     )
 
