@@ -123,12 +123,18 @@ class KubeAPI:
         self.lost_replies = 0  # the next this many Workflow creates are stored, then answered 504
         self._answering = threading.Event()  # cleared by stall(): calls wait for an answer
         self._answering.set()
+        # (method, path fragment): calls that match wait, unanswered, until the server stops;
+        # ``held`` lists those that came (what a test waits on: the call was made).
+        self.holding: list[tuple[str, str]] = []
+        self.held: list[tuple[str, str]] = []
+        self._stopping = threading.Event()
         self.objects: dict[tuple[str, str, str], dict] = {}  # (namespace, plural, name) -> object
         self.created: list[tuple[str, dict]] = []  # (plural, object) of every create, kept after
         # its object is deleted: what a sweep made, once its teardown has removed it
         self.started: dict[str, float] = {}  # workflow name -> monotonic creation time
         self.sensor_created: dict[tuple[str, str], float] = {}  # (namespace, name) -> the same
         self.events: list[dict] = []  # bodies POSTed to /webhook
+        self.webhook_failures = 0  # the next POSTs to /webhook answered 503 (a bus not ready)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -149,6 +155,7 @@ class KubeAPI:
 
     def __exit__(self, *exc) -> None:
         self._answering.set()
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -405,6 +412,9 @@ class KubeAPI:
         with self.lock:
             self.requests.append((method, path))
             if method == "POST" and path.rstrip("/") == "/webhook":
+                if self.webhook_failures > 0:
+                    self.webhook_failures -= 1
+                    return 503, self._status(503, "eventbus not ready")
                 self._publish(body or {})
                 return 200, {}
             if self.flaky > 0 or time.monotonic() < self.outage_until:
@@ -463,11 +473,15 @@ class KubeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self):
+                url = urlsplit(self.path)
+                if any(self.command == m and f in url.path for m, f in api.holding):
+                    api.held.append((self.command, url.path))
+                    api._stopping.wait()
+                    return
                 api._answering.wait()
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
-                url = urlsplit(self.path)
                 code, payload = api.handle(self.command, url.path, body, url.query)
                 data = json.dumps(payload).encode()
                 try:
