@@ -3,8 +3,9 @@
     python sweep_analytics.py --config-value config '{"tag": "sweep_20250101_120000_abc123"}' run
     python sweep_analytics.py card server
 
-On Argo it is triggered by the sweep's event; each run reads only the TorchPerfFlow runs that
-the previous analytics run for the same tag had not seen (see torchperf/analytics.py).
+On Argo it is triggered by the sweep's event and reads only the run the event announces; the
+sweep's final run, and every run of a local sweep, lists the tag's runs and reads those the
+previous analytics run for the same tag had not seen (see torchperf/analytics.py).
 """
 
 import json
@@ -52,17 +53,19 @@ class SweepAnalyticsFlow(FlowSpec):
         except ConfigError as error:
             # One line for the user instead of a traceback; the task still counts as failed.
             sys.exit(f"error: {error}")
-        previous = analytics.previous_rows(tag, current.run_id)
+        # On Argo the event names the variant's run: only it is read, not the tag's listing.
+        announced = analytics.announced_runs(os.environ)
         seen = analytics.collect(
             tag,
-            previous,
+            analytics.previous_state(tag, current.run_id),
+            announced=announced,
             wait_seconds=self.config.wait_seconds,
             wait_for=self.config.wait_for,
             baseline=self.config.baseline,
         )
         try:
-            # On Argo: a variant that announced its success must be in what we read.
-            analytics.check_visible(analytics.announced_runs(os.environ), seen)
+            # A variant that announced its success must be in what we read.
+            analytics.check_visible(announced, seen)
         except ConfigError as error:
             sys.exit(f"error: {error}")
         self.rows = seen.rows

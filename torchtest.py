@@ -26,8 +26,9 @@ from torchperf.settings import DEFAULT_VARIANT, parse_variant_config
 class TorchPerfFlow(FlowSpec):
     """Measure GFLOP/s of squaring an n x n fp32 matrix with `cpu` threads on `cpu` cores.
 
-    The number is the median over timed samples taken after warm-up; `result` holds it with the
-    samples, their spread and where it was measured. The matrix itself is not stored.
+    The number is the median over timed samples taken after warm-up; `result` (the versioned
+    schema of torchperf/result.py) holds it with the samples, their spread and where it was
+    measured. The matrix itself is not stored.
     """
 
     config = Config("config", default_value=DEFAULT_VARIANT, parser=parse_variant_config)
@@ -43,6 +44,7 @@ class TorchPerfFlow(FlowSpec):
     def start(self):
         """Validate the settings, pin to `cpu` cores and measure, with a live card."""
         from torchperf import bench, cgroups, fingerprint, live, turns
+        from torchperf.result import Result
         from torchperf.settings import available_memory_bytes, usable_cores, validate_variant
 
         settings = validate_variant(dict(self.config), memory_bytes=available_memory_bytes())
@@ -62,12 +64,16 @@ class TorchPerfFlow(FlowSpec):
         with turns.measuring(settings.turn):
             env = fingerprint.collect(settings.cpu)  # before measuring: the load is not ours
             # Warm-up, then timed samples; the card renders between the two, never during one.
-            result = live.measure(card, settings)
+            timed = live.measure(card, settings)
         limits = cgroups.limits_report(
             settings.cpu, affinity, quota, throttled_before, cgroups.throttling()
         )
-        warnings = [*result["warnings"], *limits["warnings"], *fingerprint.warnings(env)]
-        self.result = {**result, "affinity": affinity, **limits, "env": env, "warnings": warnings}
+        warnings = [*timed["warnings"], *limits["warnings"], *fingerprint.warnings(env)]
+        result = Result.measured(
+            timed, affinity=affinity, limits=limits, env=env, warnings=warnings
+        )
+        # The versioned schema (torchperf/result.py), stored as plain types.
+        self.result = result.to_dict()
         card.finish(self.result)
         self.next(self.end)
 
@@ -76,10 +82,12 @@ class TorchPerfFlow(FlowSpec):
         """Report the figure and, on Argo, announce the success to the sweep's analytics."""
         from torchperf import events, live
         from torchperf.plan import variant_id
+        from torchperf.result import Result
 
+        result = Result.from_dict(self.result)
         print(
             f"{live.figure(self.result)} at cpu={self.config.cpu}, "
-            f"n={self.config.tensor_dim} (IQR {100 * self.result['iqr_ratio']:.1f} %)"
+            f"n={self.config.tensor_dim} (IQR {100 * result.iqr_ratio:.1f} %)"
         )
         variant = variant_id(self.config.cpu, self.config.tensor_dim, self.config.device)
         run = f"{current.flow_name}/{current.run_id}"

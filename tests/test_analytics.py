@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 
 from torchperf import analytics
 from torchperf.plan import event_name
+from torchperf.result import Result
 from torchperf.settings import ConfigError
+
+
+def make_result(gflops: float, samples=None, **fields) -> dict:
+    """A result artifact as the flow stores it (torchperf/result.py), with made-up figures."""
+    samples = list(samples or [gflops] * 5)
+    iqr_ratio = fields.pop("iqr_ratio", 0.01)
+    figures = {"gflops": gflops, "gflops_samples": samples, "gflops_q1": gflops}
+    figures |= {"gflops_q3": gflops, "iqr_ratio": iqr_ratio, "noisy": iqr_ratio > 0.05}
+    figures |= {"squarings_per_second": 1.0, "calls_per_sample": 1, "threads": 1}
+    figures |= {"tensor_dim": 64, "device": "cpu", "torch_version": "2.13.0"}
+    figures |= {"measure_seconds": 1.0, "warmup_seconds": 0.1, "warmup_settled": True}
+    return Result.from_dict({**figures, **fields}).to_dict()
 
 
 def make_row(cpu: int, tensor_dim: int, gflops: float, *, run: str | None = None, **extra):
     """A row as row_from_run builds it from a run's config and result."""
     config = {"cpu": cpu, "tensor_dim": tensor_dim, "device": extra.pop("device", "cpu")}
-    result = {"gflops": gflops, "iqr_ratio": extra.pop("iqr_ratio", 0.01)}
-    result["noisy"] = extra.pop("noisy", result["iqr_ratio"] > 0.05)
+    iqr_ratio = extra.pop("iqr_ratio", 0.01)
+    result = make_result(gflops, iqr_ratio=iqr_ratio, noisy=extra.pop("noisy", iqr_ratio > 0.05))
     pathspec = run or f"TorchPerfFlow/{cpu}{tensor_dim}"
     return analytics.row_from_run(pathspec, config, result, extra.pop("created_at", "2025-01-01"))
 
@@ -224,8 +238,7 @@ def test_on_branch_reads_the_project_branch_whatever_its_prefix():
 def test_a_row_is_compared_with_its_baseline_cell_once_when_read():
     base = [100.0 + 0.1 * i for i in range(20)]
     cells = {(1, 64, "cpu"): {"run": "TorchPerfFlow/1", "samples": base, "gflops": 101.0}}
-    result = {"gflops": 50.5, "iqr_ratio": 0.01, "noisy": False}
-    result["gflops_samples"] = [0.5 * x for x in base]
+    result = make_result(50.5, samples=[0.5 * x for x in base])
     config = {"cpu": 1, "tensor_dim": 64, "device": "cpu"}
     row = analytics.row_from_run("TorchPerfFlow/2", config, result, "2025", lambda: cells)
     assert row["baseline"]["verdict"] == "slower"
@@ -247,3 +260,106 @@ def test_the_baseline_reaches_the_analytics_config_only_when_set(tmp_path):
     spec.baseline = "sweep_a"
     assert spec.analytics_config()["baseline"] == "sweep_a"
     assert analytics.analytics_config(spec.analytics_config())["baseline"] == "sweep_a"
+
+
+# ---- Mixed CPU models ------------------------------------------------------------------------
+
+
+def on_model(row: dict, model: str | None) -> dict:
+    return {**row, "env": {**row["env"], "cpu_model": model}}
+
+
+class FakeCard(list):
+    """current.card[...] as fill_card uses it: components appended in order."""
+
+
+def card_lines(rows) -> list[str]:
+    from torchperf import report
+
+    card = FakeCard()
+    results = analytics.to_frame(analytics.derive(rows))
+    report.fill_card(card, tag="sweep_x", results=results, figures={})
+    return [line for c in card for line in str(c.render().get("source", "")).splitlines()]
+
+
+def test_a_card_of_variants_on_two_cpu_models_says_so_in_one_line():
+    rows = [on_model(row, "Xeon 8481C") for row in SWEEP[:3]]
+    rows += [on_model(row, "EPYC 9B14") for row in SWEEP[3:]]
+    flagged = [line for line in card_lines(rows) if "mixed CPU models" in line]
+    assert len(flagged) == 1
+    assert (
+        "on 2:" in flagged[0] and "EPYC 9B14 (2)" in flagged[0] and "Xeon 8481C (3)" in flagged[0]
+    )
+
+
+def test_one_cpu_model_or_unknown_models_flag_nothing():
+    same = [on_model(row, "Xeon 8481C") for row in SWEEP]
+    assert analytics.cpu_models_line(same) is None
+    assert not [line for line in card_lines(same) if "mixed CPU models" in line]
+    # Runs recorded before the fingerprint know no model: no difference to report.
+    older = [on_model(SWEEP[0], None), *same[1:]]
+    assert analytics.cpu_models_line(older) is None
+
+
+# ---- collect: which runs it reads and how often ----------------------------------------------
+
+
+class ListedRun:
+    """Enough of metaflow.Run for collect; its figure is readable after ``ready_after`` reads."""
+
+    def __init__(self, pathspec: str, cpu: int, ready_after: int = 0):
+        import datetime
+
+        self.pathspec, self.cpu, self.ready_after = pathspec, cpu, ready_after
+        self.tags, self.system_tags = frozenset({"sweep_x"}), frozenset()
+        self.created_at = datetime.datetime(2025, 1, 1, 0, 0, cpu)
+        self.reads = 0
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """torchperf.runs over a dict of ListedRun; listing the tag counts as a failure."""
+    from torchperf import runs
+
+    known: dict[str, ListedRun] = {}
+
+    def measured(run):
+        run.reads += 1
+        if run.reads <= run.ready_after:
+            return None
+        return {"cpu": run.cpu, "tensor_dim": 64, "device": "cpu"}, make_result(10.0 * run.cpu)
+
+    def no_listing(*_):
+        raise AssertionError("listed the tag's runs")
+
+    monkeypatch.setattr(runs, "get_run", known.get)
+    monkeypatch.setattr(runs, "measured", measured)
+    monkeypatch.setattr(runs, "sweep_runs", no_listing)
+    return known
+
+
+def test_an_announced_run_is_read_by_its_pathspec_without_listing_the_tag(fake_runs):
+    fake_runs["TorchPerfFlow/2"] = ListedRun("TorchPerfFlow/2", 2)
+    previous = analytics.Previous(
+        {"TorchPerfFlow/1": make_row(1, 64, 10.0, run="TorchPerfFlow/1")},
+        ended=[{"run": "TorchPerfFlow/0", "cpu": 4, "tensor_dim": 64, "status": "failed"}
+               | {"device": "cpu", "reason": "", "created_at": "2025"}],
+    )  # fmt: skip
+    seen = analytics.collect("sweep_x", previous, announced=["TorchPerfFlow/2"])
+    assert sorted(seen.rows) == ["TorchPerfFlow/1", "TorchPerfFlow/2"]
+    assert seen.listed == 0 and seen.loaded == 1
+    # What the previous aggregation saw end without a result is still shown.
+    assert [row["run"] for row in seen.ended] == ["TorchPerfFlow/0"]
+
+
+def test_a_run_not_yet_readable_is_read_again_after_a_growing_pause_of_a_second_or_more(
+    fake_runs,
+):
+    fake_runs["TorchPerfFlow/3"] = ListedRun("TorchPerfFlow/3", 3, ready_after=3)
+    pauses = []
+    seen = analytics.collect(
+        "sweep_x", {}, announced=["TorchPerfFlow/3"], wait_seconds=60, sleep=pauses.append
+    )
+    assert list(seen.rows) == ["TorchPerfFlow/3"]
+    assert len(pauses) == 3 and pauses[0] >= 1.0
+    assert all(later > earlier for earlier, later in itertools.pairwise(pauses))

@@ -62,6 +62,28 @@ def test_environment_warnings_name_the_torch_version_and_cpu_model():
     assert compare.environment_warnings(a, a) == []
 
 
+def test_a_sweep_whose_variants_ran_on_two_cpu_models_is_flagged_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    base = [100.0 + 0.1 * i for i in range(20)]
+    mixed = {
+        (1, 64, "cpu"): cell(base, env={"cpu_model": "Xeon 8481C"}),
+        (2, 64, "cpu"): cell(base, env={"cpu_model": "EPYC 9B14"}),
+    }
+    alike = {key: cell(base, env={"cpu_model": "Xeon 8481C"}) for key in mixed}
+    sweeps = {"sweep_a": alike, "sweep_b": mixed}
+    monkeypatch.setattr(compare, "load_sweep", sweeps.__getitem__)
+    compare.run("sweep_a", "sweep_b", out=tmp_path)
+    flagged = [line for line in capsys.readouterr().err.splitlines() if "CPU models" in line]
+    assert flagged == [
+        "warning: sweep sweep_b: mixed CPU models: the variants ran on 2: "
+        "EPYC 9B14 (1); Xeon 8481C (1)"
+    ]
+    written = json.loads((tmp_path / "compare.json").read_text())["warnings"]
+    assert [w for w in written if "CPU models" in w] == [flagged[0].removeprefix("warning: ")]
+    assert compare.mixed_models_warnings({"sweep_a": alike}) == []
+
+
 def test_outputs_are_a_json_file_and_a_page_with_a_chart(tmp_path):
     base = [100.0 + i for i in range(10)]
     entries = compare.compare_cells({(1, 64, "cpu"): cell(base)}, {(1, 64, "cpu"): cell(base)})

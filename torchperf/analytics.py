@@ -1,7 +1,7 @@
 """Aggregation of one sweep: rows from run results, derived metrics and the incremental merge.
 
 The pure functions work on plain dicts, one per TorchPerfFlow run, keyed by the run's pathspec;
-``collect`` at the bottom is the one seam that reads Metaflow runs.
+``collect`` at the bottom reads the runs, through torchperf/runs.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from torchperf.plan import check_tag, event_name
+from torchperf.result import Result
 from torchperf.settings import ConfigError
 
 # The columns of the ``results`` frame, in order.
@@ -35,7 +36,17 @@ COLUMNS = (
     "created_at",
 )
 # The fingerprint fields a row keeps (the card shows them; the rest stays in the run's result).
-ENV_FIELDS = ("cpu_model", "cpu_capability", "torch_version", "blas", "host", "image")
+ENV_FIELDS = (
+    "cpu_model",
+    "cpu_capability",
+    "torch_version",
+    "blas",
+    "host",
+    "node",
+    "qos_class",
+    "image",
+    "image_digest",
+)
 # How long an analytics run waits for a variant that is in its last step (its event may arrive
 # before Metaflow marks it successful) before leaving it to the next aggregation.
 DEFAULT_WAIT_SECONDS = 60.0
@@ -75,48 +86,46 @@ def require_tag(config: Mapping) -> str:
 def row_from_run(
     pathspec: str,
     config: Mapping,
-    result: Mapping,
+    result: Mapping | Result,
     created_at: str,
     baseline: Callable[[], Mapping[tuple, dict]] | None = None,
 ) -> dict:
     """The fields of one TorchPerfFlow run that the aggregate keeps (not its samples).
 
-    Runs measured before the interval and the fingerprint were recorded get NaN and empty
-    values for them."""
-    gflops = float(result["gflops"])
-    low, high = result.get("gflops_ci") or (math.nan, math.nan)
-    env = result.get("env") or {}
+    ``result`` is the run's artifact (read with torchperf/result.py) or a Result. Runs measured
+    before the interval and the fingerprint were recorded get NaN and None for them."""
+    if not isinstance(result, Result):
+        result = Result.from_dict(result)
+    low, high = result.gflops_ci or (math.nan, math.nan)
+    level = result.gflops_ci_level
     return {
         "run": pathspec,
         "cpu": int(config["cpu"]),
         "tensor_dim": int(config["tensor_dim"]),
         "device": config.get("device", "cpu"),
-        "gflops": gflops,
-        "iqr_ratio": float(result["iqr_ratio"]),
-        "noisy": bool(result["noisy"]),
+        "gflops": float(result.gflops),
+        "iqr_ratio": float(result.iqr_ratio),
+        "noisy": bool(result.noisy),
         "gflops_ci_low": float(low),
         "gflops_ci_high": float(high),
-        "gflops_ci_level": float(result.get("gflops_ci_level", math.nan)),
-        "warnings": list(result.get("warnings") or []),
-        "env": {key: env.get(key) for key in ENV_FIELDS},
+        "gflops_ci_level": math.nan if level is None else float(level),
+        "warnings": list(result.warnings),
+        "env": {key: result.env.get(key) for key in ENV_FIELDS},
         "created_at": created_at,
         "baseline": against_baseline(config, result, baseline() if baseline else None),
     }
 
 
-def against_baseline(config: Mapping, result: Mapping, cells: Mapping[tuple, dict] | None):
+def against_baseline(config: Mapping, result: Result, cells: Mapping[tuple, dict] | None):
     """The variant against its cell of the baseline sweep (compare's entry: ratio, interval,
     p, verdict), None without a baseline or a matching cell. Computed once per run: the
     samples are not kept in the row."""
-    from torchperf.compare import compare_cells
+    from torchperf.compare import cell_key, cell_of, compare_cells
 
-    if not cells:
+    key = cell_key(config)
+    if not cells or key not in cells:
         return None
-    key = (int(config["cpu"]), int(config["tensor_dim"]), str(config.get("device", "cpu")))
-    if key not in cells or "gflops_samples" not in result:
-        return None
-    mine = {"run": None, "samples": list(result["gflops_samples"]), "gflops": result["gflops"]}
-    (entry,) = compare_cells({key: cells[key]}, {key: {**mine, "warnings": []}})
+    (entry,) = compare_cells({key: cells[key]}, {key: cell_of(None, result)})
     return {name: entry[name] for name in ("gflops_a", "ratio", "ratio_ci", "verdict")}
 
 
@@ -178,6 +187,20 @@ def gflops_table(rows: Iterable[dict]) -> tuple[list[int], list[tuple], list[lis
     return cpus, columns, [[value.get((cpu, *column)) for column in columns] for cpu in cpus]
 
 
+def cpu_models_line(rows: Iterable[Mapping]) -> str | None:
+    """One line where a sweep's variants ran on more than one CPU model (a mixed node pool):
+    its speed-ups then compare different machines. None where one model (or none) is known."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        model = (row.get("env") or {}).get("cpu_model")
+        if model:
+            counts[model] = counts.get(model, 0) + 1
+    if len(counts) < 2:
+        return None
+    shown = "; ".join(f"{model} ({n})" for model, n in sorted(counts.items()))
+    return f"mixed CPU models: the variants ran on {len(counts)}: {shown}"
+
+
 # How the statuses of variants that ended without a result read, in the order shown.
 ENDED_TEXT = {"failed": "failed", "timeout": "timed out", "cancelled": "cancelled"}
 
@@ -225,15 +248,9 @@ def ended_tag(cpu: int, tensor_dim: int, device: str, status: str, reason: str |
 def mark_ended(pathspec: str, tag: str) -> None:
     """Add ``tag`` (``ended_tag``) to a run, for the analytics card; a run Metaflow does not
     know (it never started) is left."""
-    from metaflow import Run, namespace
-    from metaflow.exception import MetaflowNotFound
+    from torchperf import runs
 
-    namespace(None)
-    try:
-        run = Run(pathspec)
-    except MetaflowNotFound:
-        return
-    run.add_tags([tag])
+    runs.add_tags(pathspec, [tag])
 
 
 def ended_mark(tags: Iterable[str]) -> dict | None:
@@ -287,9 +304,18 @@ class Collected:
     rows: dict[str, dict]
     ended: list[dict] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
-    listed: int = 0  # runs carrying the tag
+    listed: int = 0  # runs listed by the sweep's tag (0: only the announced runs were read)
     loaded: int = 0  # runs whose artifacts were read this time
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Previous:
+    """What the previous analytics run of the sweep saved: its rows, and the variants it saw
+    end without a result (an announced-only read does not list the runs to find them)."""
+
+    rows: dict[str, dict] = field(default_factory=dict)
+    ended: list[dict] = field(default_factory=list)
 
 
 def _ended_row(run, mark: Mapping | None) -> dict:
@@ -313,27 +339,41 @@ def _ended_row(run, mark: Mapping | None) -> dict:
     }
 
 
+# A run in its end step, or one the sweep knows has measured, whose figure is not readable yet
+# is read again after POLL_SECONDS, then twice as long each time up to POLL_LIMIT: hundreds of
+# analytics runs must not poll the metadata service many times a second.
+POLL_SECONDS = 1.0
+POLL_LIMIT = 8.0
+
+
 def collect(
     tag: str,
-    previous: Mapping[str, dict],
+    previous: Mapping[str, dict] | Previous,
     *,
+    announced: Collection[str] = (),
     wait_seconds: float = 0.0,
     wait_for: Collection[str] = (),
-    poll_seconds: float = 0.05,
+    poll_seconds: float = POLL_SECONDS,
     flow_name: str = "TorchPerfFlow",
     baseline: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Collected:
-    """Read the tag's runs not in ``previous`` (in any branch) and merge the successful ones.
+    """Read the sweep's runs not in ``previous`` and merge the successful ones.
 
-    Listing the tag's runs reads one small metadata file per run; only unseen runs have
-    their status checked and their artifacts loaded. Runs already in their end step, and runs
-    in the branches ``wait_for`` (variants known to have measured), are waited for up to
-    ``wait_seconds``; other unfinished runs are left for the next aggregation.
+    ``announced``: the runs whose success events started this aggregation (on Argo). Only they
+    are read, each by its pathspec: Metaflow's client lists a tag's runs by fetching every run
+    of the flow ever made, so an event costs the same requests however many runs other sweeps
+    left. Without announced runs (a local sweep, the sweep's final aggregation, a run by hand)
+    the tag's runs are listed and every unseen one is looked at. A run whose measuring step
+    succeeded is read at once, even while its end step is still going; runs in the branches
+    ``wait_for`` (variants known to have measured) and runs already in their end step are read
+    again, with a back-off from ``poll_seconds``, for up to ``wait_seconds``; other unfinished
+    runs are left for the next aggregation.
     """
-    from metaflow import Flow, namespace
-    from metaflow.exception import MetaflowNotFound
+    from torchperf import runs
 
-    namespace(None)
+    if not isinstance(previous, Previous):
+        previous = Previous(dict(previous))
     started = time.perf_counter()
     baseline_cells = None
     if baseline:
@@ -343,49 +383,63 @@ def collect(
 
         # Read only when a new run needs it: a trigger that finds nothing new reads nothing.
         baseline_cells = cache(lambda: load_sweep(baseline))
-    try:
-        listed = list(Flow(flow_name).runs(tag))
-    except MetaflowNotFound:
+    measured = set(announced)
+    if announced:
         listed = []
+        found = (runs.get_run(pathspec) for pathspec in measured - set(previous.rows))
+        unseen = [run for run in found if run is not None]
+    else:
+        listed = runs.sweep_runs(tag, flow_name)
+        unseen = [run for run in listed if run.pathspec not in previous.rows]
     listing = time.perf_counter() - started
-    unseen = [run for run in listed if run.pathspec not in previous]
     deadline = time.monotonic() + wait_seconds
+    delay = poll_seconds
     new, ended, running = [], [], []
     while True:
         waiting = []
         for run in unseen:
-            status = run_status(run)
+            # An announced run has measured and reached its end step: no status to read.
+            status = RUNNING if run.pathspec in measured else run_status(run)
             mark = ended_mark(run.tags) if status != SUCCESSFUL else None
             if mark:
                 ended.append(_ended_row(run, mark))
-            elif status == SUCCESSFUL:
-                data = run.data
-                created = run.created_at.isoformat()
-                new.append(
-                    row_from_run(run.pathspec, data.config, data.result, created, baseline_cells)
-                )
             elif status == FAILED:
                 ended.append(_ended_row(run, None))
-            elif (in_end_step(run) or on_branch(run, wait_for)) and time.monotonic() < deadline:
-                waiting.append(run)
+            elif (
+                status == SUCCESSFUL
+                or run.pathspec in measured
+                or on_branch(run, wait_for)
+                or in_end_step(run)
+            ):
+                got = runs.measured(run)
+                if got is not None:
+                    config, result = got
+                    created = run.created_at.isoformat()
+                    new.append(row_from_run(run.pathspec, config, result, created, baseline_cells))
+                elif time.monotonic() < deadline:
+                    waiting.append(run)
+                else:
+                    running.append(run.pathspec)
             else:
                 running.append(run.pathspec)
         if not waiting:
             break
-        time.sleep(poll_seconds)
+        sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(2 * delay, POLL_LIMIT)
         unseen = waiting
-    done = latest_per_variant(merge_rows(previous, new).values())
-    done_variants = {cell(row) for row in done}
-    # A variant that failed once and then succeeded in a later run is done, not failed; one
-    # that ended without a result more than once counts once, with its newest run.
+    rows = merge_rows(previous.rows, new)
+    done_variants = {cell(row) for row in latest_per_variant(rows.values())}
+    # Only a listing sees every run that ended: an announced-only read keeps what the previous
+    # aggregation saw. A variant that failed once and then succeeded in a later run is done,
+    # not failed; one that ended without a result more than once counts once, with its newest.
+    carried = list(previous.ended) if announced else []
     newest: dict[tuple, dict] = {}
-    for row in sorted(ended, key=lambda row: row["created_at"]):
+    for row in sorted([*carried, *ended], key=lambda row: row["created_at"]):
         if cell(row) not in done_variants:
             newest[cell(row)] = row
-    ended = list(newest.values())
     return Collected(
-        rows=merge_rows(previous, new),
-        ended=ended,
+        rows=rows,
+        ended=list(newest.values()),
         running=running,
         listed=len(listed),
         loaded=len(new),
@@ -393,26 +447,16 @@ def collect(
     )
 
 
-def previous_rows(tag: str, current_run_id: str | None, flow_name: str = "SweepAnalyticsFlow"):
-    """The rows of the latest analytics run for ``tag`` whose ``start`` step succeeded, or {}.
+def previous_state(tag: str, current_run_id: str | None) -> Previous:
+    """What the latest analytics run for ``tag`` whose ``start`` step succeeded saved (its
+    end step may not have finished), or an empty state."""
+    from torchperf import runs
 
-    The rows are saved by ``start``: a run whose end step has not finished yet counts.
-    """
-    from metaflow import Flow, namespace
-    from metaflow.exception import MetaflowNotFound
-
-    namespace(None)
-    try:
-        runs = Flow(flow_name).runs(tag)
-        for run in runs:  # newest first
-            if run.id == current_run_id or "start" not in run:
-                continue
-            start = run["start"].task
-            if start is not None and start.successful:
-                return dict(start.data.rows)
-    except MetaflowNotFound:
-        pass
-    return {}
+    task = runs.latest_analytics_state(tag, current_run_id)
+    if task is None:
+        return Previous()
+    data = task.data
+    return Previous(dict(data.rows), list(getattr(data, "ended", None) or []))
 
 
 # ---- On Argo: the run an event announced must be visible ----------------------------------

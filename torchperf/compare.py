@@ -16,6 +16,7 @@ from pathlib import Path
 from torchperf import display, fingerprint, stats
 from torchperf.errors import ConfigError
 from torchperf.plan import check_tag
+from torchperf.result import Result
 
 DEFAULT_THRESHOLD = 0.05  # a change smaller than 5 % is "same", however significant
 DEFAULT_ALPHA = 0.05  # the significance level of the Mann-Whitney test
@@ -26,31 +27,34 @@ COMPARISONS = Path("comparisons")  # the default outputs' folder (in .gitignore)
 def load_sweep(tag: str, flow_name: str = "TorchPerfFlow") -> dict[tuple, dict]:
     """The latest successful run of each (cpu, tensor_dim, device) cell tagged ``tag``:
     its samples, figure, fingerprint and warnings. ConfigError where the tag has none."""
-    from metaflow import Flow, namespace
-    from metaflow.exception import MetaflowNotFound
+    from torchperf import runs
 
     check_tag(tag)
-    namespace(None)
-    try:
-        runs = list(Flow(flow_name).runs(tag))
-    except MetaflowNotFound:
-        runs = []
     cells: dict[tuple, dict] = {}
-    for run in sorted(runs, key=lambda r: r.created_at):  # the newest run of a cell wins
-        if not run.successful:
+    for run in sorted(runs.sweep_runs(tag, flow_name), key=lambda r: r.created_at):
+        if not run.successful:  # the newest run of a cell wins
             continue
-        config, result = run.data.config, run.data.result
-        key = (int(config["cpu"]), int(config["tensor_dim"]), str(config.get("device", "cpu")))
-        cells[key] = {
-            "run": run.pathspec,
-            "samples": list(result["gflops_samples"]),
-            "gflops": float(result["gflops"]),
-            "env": result.get("env") or {},
-            "warnings": list(result.get("warnings") or []),
-        }
+        config, result = run.data.config, Result.from_dict(run.data.result)
+        cells[cell_key(config)] = cell_of(run.pathspec, result)
     if not cells:
         raise ConfigError(f"no successful {flow_name} run carries the tag {tag!r}")
     return cells
+
+
+def cell_key(config: Mapping) -> tuple:
+    """A variant's cell: (cpu, tensor_dim, device); runs from before devices ran on the CPU."""
+    return int(config["cpu"]), int(config["tensor_dim"]), str(config.get("device", "cpu"))
+
+
+def cell_of(run: str | None, result: Result) -> dict:
+    """What a comparison keeps of one run: its samples, figure, fingerprint and warnings."""
+    return {
+        "run": run,
+        "samples": list(result.gflops_samples),
+        "gflops": result.gflops,
+        "env": result.env.to_dict(),
+        "warnings": list(result.warnings),
+    }
 
 
 def compare_cells(
@@ -101,6 +105,18 @@ def environment_warnings(a: Mapping[tuple, dict], b: Mapping[tuple, dict]) -> li
         left, right = values(a, key), values(b, key)
         if left != right:
             found.append(f"{key} differs: {', '.join(left)} -> {', '.join(right)}")
+    return found
+
+
+def mixed_models_warnings(sweeps: Mapping[str, Mapping[tuple, dict]]) -> list[str]:
+    """A line for each sweep (by tag) whose variants ran on different CPU models."""
+    from torchperf.analytics import cpu_models_line
+
+    found = []
+    for tag, cells in sweeps.items():
+        line = cpu_models_line(cells.values())
+        if line:
+            found.append(f"sweep {tag}: {line}")
     return found
 
 
@@ -264,6 +280,10 @@ def run(
     warnings = environment_warnings(a, b)
     for warning in warnings:
         print(f"warning: the sweeps ran in different environments: {warning}", file=sys.stderr)
+    mixed = mixed_models_warnings({tag_a: a, tag_b: b} if tag_a != tag_b else {tag_a: a})
+    for warning in mixed:
+        print(f"warning: {warning}", file=sys.stderr)
+    warnings += mixed
     print_table(entries, tag_a, tag_b)
     folder = out or output_folder(tag_a, tag_b)
     for path in write_outputs(folder, entries, tag_a, tag_b, warnings, threshold, alpha):

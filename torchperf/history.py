@@ -1,11 +1,11 @@
-"""What earlier runs of a sweep left behind, read through Metaflow's client."""
+"""What earlier runs of a sweep left behind, read through torchperf/runs.py."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torchperf.plan import branch_name
+from torchperf.result import Result
 
 
 @dataclass(frozen=True)
@@ -18,52 +18,39 @@ class Done:
 
 def succeeded_variants(tag: str) -> dict[str, Done]:
     """Successful TorchPerfFlow runs tagged ``tag``, by variant branch; the newest wins."""
-    from metaflow import Flow, namespace
-    from metaflow.exception import MetaflowNotFound
+    from torchperf import runs
 
-    # Variants run in their own @project branches: look across all namespaces.
-    namespace(None)
-    try:
-        runs = list(Flow("TorchPerfFlow").runs(tag))
-    except MetaflowNotFound:
-        return {}
     done: dict[str, Done] = {}
-    for run in sorted(runs, key=lambda r: r.created_at):
+    for run in sorted(runs.sweep_runs(tag), key=lambda r: r.created_at):
         if run.successful:
-            config, result = run.data.config, run.data.result
+            config, result = run.data.config, Result.from_dict(run.data.result)
             branch = branch_name(tag, config["cpu"], config["tensor_dim"], config["device"])
-            done[branch] = Done(run.pathspec, float(result["gflops"]))
+            done[branch] = Done(run.pathspec, result.gflops)
     return done
 
 
 def runs_tagged(tag: str) -> int:
     """How many TorchPerfFlow runs carry ``tag``, whatever became of them."""
-    from metaflow import Flow, namespace
-    from metaflow.exception import MetaflowNotFound
+    from torchperf import runs
 
-    namespace(None)
-    try:
-        return sum(1 for _ in Flow("TorchPerfFlow").runs(tag))
-    except MetaflowNotFound:
-        return 0
+    return len(runs.sweep_runs(tag))
 
 
 def result_details(pathspec: str) -> dict:
     """The interval of the median and the warnings of a run's result, {} where unreadable
-    (a run measured before they were recorded, a run this machine cannot see)."""
-    from metaflow import Run, namespace
+    (a run this machine cannot see, a result of a newer schema)."""
+    from torchperf import runs
 
-    namespace(None)
     try:
-        result = Run(pathspec).data.result
+        result = runs.result_of(pathspec)
     except Exception:  # noqa: BLE001 - the summary goes on without them
         return {}
     return details_of(result)
 
 
-def details_of(result: Mapping) -> dict:
+def details_of(result: Result) -> dict:
     """The interval of the median [low, high, level] and the warnings of a run's result."""
-    details = {"warnings": list(result.get("warnings") or [])}
-    if result.get("gflops_ci"):
-        details["gflops_ci"] = [*result["gflops_ci"], result.get("gflops_ci_level")]
+    details = {"warnings": list(result.warnings)}
+    if result.interval:
+        details["gflops_ci"] = list(result.interval)
     return details

@@ -16,6 +16,7 @@ from torchperf.analytics import (
     ENDED_TEXT,
     ENV_FIELDS,
     cell,
+    cpu_models_line,
     ended_counts,
     gflops_table,
     progress_line,
@@ -296,6 +297,9 @@ def fill_card(
     rows = results.to_dict("records")
     counts = ended_counts(ended)
     card.append(Markdown(f"# {progress_line(tag, len(rows), counts, planned)}"))
+    mixed = cpu_models_line(rows)
+    if mixed:  # a mixed node pool: say so where the figures are read, not only in Environment
+        card.append(Markdown(f"**Warning, {mixed}**: speed-ups across them compare machines."))
     if running:
         card.append(Markdown(f"{len(running)} variant run(s) still running: shown once they end."))
     if planned and (missing := planned - len(rows) - len(ended) - len(running)) > 0:

@@ -32,6 +32,7 @@ from torchperf.card_renders import alive, children
 from torchperf.errors import failure_reason, one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
+from torchperf.result import Result
 from torchperf.settings import (
     ConfigError,
     VariantSettings,
@@ -216,13 +217,13 @@ class _VariantLife:
                 # A step's traceback is in the run's stdout; Metaflow's summary in stderr.
                 why = failure_reason(f"{executing.stdout}\n{executing.stderr}")
                 return Outcome("failed", executing.run.pathspec, message=why)
-            result = executing.run.data.result
+            result = Result.from_dict(executing.run.data.result)
             details = details_of(result)  # read here once: the sweep need not load the run again
             return Outcome(
                 "succeeded",
                 executing.run.pathspec,
-                result["gflops"],
-                measure_seconds=result["measure_seconds"],
+                result.gflops,
+                measure_seconds=result.measure_seconds,
                 gflops_ci=details.get("gflops_ci"),
                 warnings=details["warnings"],
             )
