@@ -691,9 +691,8 @@ def _gflops(run: str) -> tuple[float | None, str | None]:
     """The figure the variant's pod measured, read back through the metadata service; or None
     and why not (the result stays safe in Metaflow)."""
     try:
-        from metaflow import Run, namespace
+        from torchperf.runs import result_of
 
-        namespace(None)  # variants run in their own @project branches
-        return float(Run(run).data.result["gflops"]), None
+        return result_of(run).gflops, None  # a newer result schema is refused in one line
     except Exception as error:  # noqa: BLE001 - a figure we cannot read is not a failed variant
         return None, f"succeeded, but its result is unreadable here: {one_line(error)}"
