@@ -84,11 +84,36 @@ def compose_config():
 
     def _compose(*overrides: str):
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT), version_base=None):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
             return compose("config", overrides=list(overrides), return_hydra_config=True)
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def deployer_sweep(hydra_sweep_runner, monkeypatch, tmp_path):
+    """``sweep_deployer``'s multirun in this process, as Hydra tests its launchers, on the
+    backend given: ``deployer_sweep(backend, *overrides)`` is the runner (a context manager),
+    its sweep dir ``tmp_path / "sweep"``."""
+    from torchperf import sweep as sweep_module
+    from torchperf.hydra_app import register
+
+    register()
+
+    def _sweep(backend, *overrides: str):
+        monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
+        return hydra_sweep_runner(
+            calling_file=str(ROOT / "sweep_deployer.py"),
+            calling_module=None,
+            task_function=None,
+            config_path="conf",
+            config_name="config",
+            overrides=list(overrides),
+            temp_dir=tmp_path / "sweep",
+        )
+
+    return _sweep
 
 
 def card_text(html: str) -> str:

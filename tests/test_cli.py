@@ -58,7 +58,8 @@ def test_info_lists_the_launcher_plugin():
 
 
 def test_config_name_path_and_dir_select_another_primary_config(tmp_path):
-    # A primary config of one's own (config.yaml sets hydra.searchpath, so it cannot be included).
+    # A primary config of one's own beside the project's groups (-cd adds a folder to Hydra's
+    # search path; the groups still come from conf/).
     text = (ROOT / "config.yaml").read_text()
     (tmp_path / "other.yaml").write_text(text.replace("\ncpu: 1 ", "\ncpu: 2 "))
     by_dir = deployer("-cd", str(tmp_path), "-cn", "other", "--cfg", "job")
@@ -67,7 +68,7 @@ def test_config_name_path_and_dir_select_another_primary_config(tmp_path):
     # the one-line check reads the selected primary config: its keys are known
     bad = deployer("-cd", str(tmp_path), "-cn", "other", "--cfg", "job", "nokey=1")
     assert bad.returncode == 2 and "error: unknown setting 'nokey'" in bad.stderr
-    by_path = deployer("-cp", str(ROOT), "-cn", "config", "--cfg", "job", cwd=tmp_path)
+    by_path = deployer("-cp", str(ROOT / "conf"), "-cn", "config", "--cfg", "job", cwd=tmp_path)
     assert by_path.returncode == 0 and "cpu: 1" in by_path.stdout, by_path.stderr
 
 

@@ -5,43 +5,33 @@ import json
 import math
 
 import pytest
+import yaml
 
-from tests.conftest import ROOT
 from tests.test_sweep import FakeBackend
-from torchperf import sweep as sweep_module
-from torchperf.hydra_app import register
 from torchperf.settings import ConfigError
 from torchperf.summary import FILENAME
 
 
 @pytest.fixture
-def multirun(hydra_sweep_runner, monkeypatch, tmp_path):
-    """Run ``sweep_deployer``'s config as a multirun in this process, on ``backend``."""
-    register()
+def multirun(deployer_sweep, tmp_path):
+    """Run ``sweep_deployer``'s config as a multirun in this process, on ``backend``: the batch
+    of JobReturns, the sweep's summary and Hydra's per-job dirs (or Optuna's result)."""
 
     def _run(backend, *overrides):
-        monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
-        runner = hydra_sweep_runner(
-            calling_file=str(ROOT / "sweep_deployer.py"),
-            calling_module=None,
-            task_function=None,
-            config_path=".",
-            config_name="config",
-            overrides=list(overrides),
-            temp_dir=tmp_path / "sweep",
-        )
-        with runner as ran:
-            (batch,) = ran.returns
-            summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
-            job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-            return batch, summary, job_dirs
+        with deployer_sweep(backend, *overrides) as ran:
+            sweep_dir = tmp_path / "sweep"
+            summary = json.loads((sweep_dir / FILENAME).read_text())
+            job_dirs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+            best = sweep_dir / "optimization_results.yaml"
+            best = yaml.safe_load(best.read_text()) if best.exists() else None
+            return ran.returns, summary, job_dirs, best
 
-    yield _run
+    return _run
 
 
 def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
     backend = FakeBackend(fail={(2, 32)})
-    batch, summary, job_dirs = multirun(backend, "cpu=1,2", "tensor_dim=32,64")
+    (batch,), summary, job_dirs, _ = multirun(backend, "cpu=1,2", "tensor_dim=32,64")
     # GIVEN one batch of four jobs: checked together, then run in Hydra's order
     assert backend.calls[:2] == [("preflight", 4), ("start", 4)]
     runs = [call[1:] for call in backend.calls if call[0] == "run"]
@@ -58,7 +48,7 @@ def test_the_launcher_receives_the_whole_grid_in_hydra_order(multirun):
 
 def test_the_command_line_wins_over_the_presets_grid(multirun):
     backend = FakeBackend()
-    batch, _, _ = multirun(backend, "sweep=smoke", "tensor_dim=48")
+    (batch,), _, _, _ = multirun(backend, "sweep=smoke", "tensor_dim=48")
     assert [call[1:] for call in backend.calls if call[0] == "run"] == [(1, 48)]
     assert len(batch) == 1
 
@@ -72,17 +62,12 @@ def test_a_bad_job_anywhere_in_the_grid_stops_the_batch_before_anything_runs(mul
 
 # optuna 2.10.1 (the release hydra-optuna-sweeper 1.3.0 works with) still uses SQLAlchemy 1.x names.
 @pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
-def test_an_optimizing_sweepers_batches_go_through_the_launcher(
-    hydra_sweep_runner, monkeypatch, tmp_path
-):
+def test_an_optimizing_sweepers_batches_go_through_the_launcher(multirun):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
-    import yaml
-
-    register()
     backend = FakeBackend()
-    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
     # GIVEN Optuna asking for 4 trials, 2 per batch
-    overrides = [
+    _, summary, _, best = multirun(
+        backend,
         "hydra/sweeper=optuna",
         "hydra.sweeper.direction=maximize",
         "hydra.sweeper.n_trials=4",
@@ -90,19 +75,7 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
         "hydra.sweeper.sampler.seed=1",
         "cpu=range(1,3)",
         "tensor_dim=choice(32,64)",
-    ]
-    runner = hydra_sweep_runner(
-        calling_file=str(ROOT / "sweep_deployer.py"),
-        calling_module=None,
-        task_function=None,
-        config_path=".",
-        config_name="config",
-        overrides=overrides,
-        temp_dir=tmp_path / "sweep",
     )
-    with runner:
-        summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
-        best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     # THEN each batch was one sweep batch (started, run, finished), all under one tag
     assert [call[0] for call in backend.calls].count("start") == 2
     assert len([call for call in backend.calls if call[0] == "run"]) <= 4
@@ -112,36 +85,19 @@ def test_an_optimizing_sweepers_batches_go_through_the_launcher(
 
 
 @pytest.mark.filterwarnings("ignore:The ``declarative_base\\(\\)`` function is now available")
-def test_a_failed_trial_says_why_and_the_study_goes_on(
-    hydra_sweep_runner, monkeypatch, tmp_path, capsys
-):
+def test_a_failed_trial_says_why_and_the_study_goes_on(multirun, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper")
-    import yaml
-
-    register()
     # GIVEN the optuna preset, and variants of n=32 that fail
     backend = FakeBackend(fail={(cpu, 32) for cpu in range(1, 65)})
-    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: backend)
-    overrides = [
+    # WHEN the study runs
+    _, summary, _, best = multirun(
+        backend,
         "sweep=optuna",
         "hydra.sweeper.n_trials=6",
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.sampler.seed=3",
         "tensor_dim=choice(32,64)",
-    ]
-    runner = hydra_sweep_runner(
-        calling_file=str(ROOT / "sweep_deployer.py"),
-        calling_module=None,
-        task_function=None,
-        config_path=".",
-        config_name="config",
-        overrides=overrides,
-        temp_dir=tmp_path / "sweep",
     )
-    # WHEN the study runs
-    with runner:
-        summary = json.loads((tmp_path / "sweep" / FILENAME).read_text())
-        best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     output = "".join(capsys.readouterr())
     # THEN failed trials were Optuna's failed trials, each with its reason, and all 3 batches ran
     statuses = [v["status"] for v in summary["variants"]]

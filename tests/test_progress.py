@@ -147,26 +147,10 @@ class InterruptedBackend(FakeBackend):
         return super().run_variant(spec, variant, settings)
 
 
-def test_an_interrupted_sweep_prints_the_command_that_resumes_it(
-    hydra_sweep_runner, monkeypatch, tmp_path, capsys
-):
-    from tests.conftest import ROOT
-    from torchperf import sweep as sweep_module
-    from torchperf.hydra_app import register
-
-    register()
-    monkeypatch.setattr(sweep_module, "make_backend", lambda name, options: InterruptedBackend())
+def test_an_interrupted_sweep_prints_the_command_that_resumes_it(deployer_sweep, tmp_path, capsys):
     # GIVEN a multirun with the user's overrides, one of which needs quotes in a shell
     overrides = ["cpu=1", "tensor_dim=32,64", "measure_seconds=0.5", "backend.name=local"]
-    runner = hydra_sweep_runner(
-        calling_file=str(ROOT / "sweep_deployer.py"),
-        calling_module=None,
-        task_function=None,
-        config_path=".",
-        config_name="config",
-        overrides=[*overrides, "tensor_dim=range(32,96,32)"],
-        temp_dir=tmp_path / "sweep",
-    )
+    runner = deployer_sweep(InterruptedBackend(), *overrides, "tensor_dim=range(32,96,32)")
     # WHEN it is interrupted during its second variant
     with pytest.raises(KeyboardInterrupt), runner:
         pass
