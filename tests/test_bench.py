@@ -99,31 +99,56 @@ def test_timing_needs_a_warm_up_first():
         bench.Benchmark(16, 1, 0.05).time()
 
 
-def test_keeps_the_cores_busy_until_background_work_ends():
+@pytest.fixture
+def squarings(monkeypatch):
+    """The wall-clock window of every ``Benchmark.timed`` call, in order: what the cores did."""
+    windows = []
+    timed = bench.Benchmark.timed
+
+    def recorded(self, calls):
+        began = time.time()
+        seconds = timed(self, calls)
+        windows.append((began, time.time()))
+        return seconds
+
+    monkeypatch.setattr(bench.Benchmark, "timed", recorded)
+    return windows
+
+
+def test_keeps_the_cores_busy_until_background_work_ends_and_times_none_of_it(squarings):
     # GIVEN background work that runs for the first three checks
     benchmark = bench.Benchmark(16, 1, 0.05)
     benchmark.warm_up()
-    answers, cpu_at_check = [], []
+    answers, checked_at = [], []
     background = iter([True, True, True, False, True])
 
     def busy():
-        cpu_at_check.append(time.process_time())
+        checked_at.append(time.time())
         answers.append(next(background))
         return answers[-1]
 
+    kept_warm_from = len(squarings)
     benchmark.keep_warm_while(busy)
+    result = benchmark.time()
     # THEN it returned at the first "not busy", and no check after it
     assert answers == [True, True, True, False]
-    # AND between the checks it squared (CPU time went on) instead of idling
-    assert all(later > earlier for earlier, later in itertools.pairwise(cpu_at_check))
+    # AND it squared between the checks (busy cores) instead of idling
+    assert all(
+        any(earlier <= began and ended <= later for began, ended in squarings[kept_warm_from:])
+        for earlier, later in itertools.pairwise(checked_at)
+    )
+    # AND the timed samples, the last calls, all began after the background work had ended
+    timed = squarings[-len(result["gflops_samples"]) :]
+    assert len(squarings) - kept_warm_from > len(timed)
+    assert all(began >= checked_at[-1] for began, _ in timed)
 
 
 class RenderingCard:
     """A benchmark card whose one render is a child process like Metaflow's `card create`,
-    which lasts ``seconds`` and writes the time it ended to ``ended``."""
+    which lasts ``seconds`` and writes the times it began and ended to ``times``."""
 
-    def __init__(self, seconds, ended):
-        self.seconds, self.ended, self.calls = seconds, ended, []
+    def __init__(self, seconds, times):
+        self.seconds, self.times, self.calls = seconds, times, []
 
     def measuring(self, seconds):
         import subprocess
@@ -131,29 +156,34 @@ class RenderingCard:
 
         self.calls.append(seconds)
         script = (
-            "import sys, time; time.sleep(float(sys.argv[1])); "
-            "open(sys.argv[2], 'w').write(repr(time.time()))"
+            "import sys, time; began = time.time(); time.sleep(float(sys.argv[1])); "
+            "open(sys.argv[2], 'w').write(repr((began, time.time())))"
         )
         self.render = subprocess.Popen(
-            [sys.executable, "-c", script, str(self.seconds), str(self.ended), "card", "create"]
+            [sys.executable, "-c", script, str(self.seconds), str(self.times), "card", "create"]
         )
 
 
-def test_the_card_renders_between_warm_up_and_timing_never_during_timing(tmp_path):
+def test_the_card_renders_between_warm_up_and_timing_never_during_timing(tmp_path, squarings):
+    import ast
+
     from torchperf import live
     from torchperf.settings import VariantSettings
 
     # GIVEN a card whose render takes 0.5 s
-    card = RenderingCard(0.5, tmp_path / "ended")
+    card = RenderingCard(0.5, tmp_path / "render")
     settings = VariantSettings(cpu=1, tensor_dim=16, measure_seconds=0.05)
     result = live.measure(card, settings)
     card.render.wait()
+    render_began, render_ended = ast.literal_eval((tmp_path / "render").read_text())
     # THEN the card was shown once, when measuring started, with the budget
     assert card.calls == [0.05]
-    # AND the timed samples began after the render had ended: the samples' own seconds end at
-    # measured_until at the latest, so they started no earlier than this
-    timing_began_by = result["measured_until"] - result["measure_seconds"]
-    assert timing_began_by >= float((tmp_path / "ended").read_text())
+    # AND every timed sample (the last calls) began after the render had ended
+    timed = squarings[-len(result["gflops_samples"]) :]
+    assert all(began >= render_ended for began, _ in timed)
+    # AND the cores squared, untimed, while it rendered (they were not left to cool)
+    untimed = squarings[: -len(timed)]
+    assert any(began < render_ended and ended > render_began for began, ended in untimed)
     assert result["gflops"] > 0
 
 
