@@ -116,6 +116,18 @@ def deployer_sweep(hydra_sweep_runner, monkeypatch, tmp_path):
     return _sweep
 
 
+def wait_for(condition, seconds: float = 60.0, what: str = "condition not met in time"):
+    """Wait until ``condition()`` is true and return its value; fail with ``what`` after
+    ``seconds``. The poll interval is only how often to look, not a guess at a duration."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
 def card_text(html: str) -> str:
     """The components of a Metaflow card page, decoded (the page embeds them as base64 JSON)."""
     import base64

@@ -8,11 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from torchperf.plan import analytics_branch, branch_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
@@ -26,6 +25,12 @@ def sweep_command(sweep_dir, *overrides):
         *overrides,
         f"hydra.sweep.dir={sweep_dir}",
     ]
+
+
+def run_sweep(sweep_dir, *overrides, timeout=600) -> subprocess.CompletedProcess:
+    """``python sweep_deployer.py -m`` to its end, its output captured."""
+    command = sweep_command(sweep_dir, *overrides)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 def read_summary(sweep_dir):
@@ -45,13 +50,8 @@ def finished(tmp_path_factory):
     if shutil.which("nvidia-smi"):
         pytest.skip("a GPU is present: the CUDA variants would not fail")
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    done = subprocess.run(
-        sweep_command(
-            sweep_dir, "cpu=1", "tensor_dim=32,48", "device=cpu,cuda", "measure_seconds=0.1"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_sweep(
+        sweep_dir, "cpu=1", "tensor_dim=32,48", "device=cpu,cuda", "measure_seconds=0.1"
     )
     return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
 
@@ -159,12 +159,7 @@ def test_bad_input_is_refused_before_any_run(tmp_path):
         ("colour=red", "unknown setting 'colour'"),
         ("measure_seconds=0", "measure_seconds=0"),
     ]:
-        done = subprocess.run(
-            sweep_command(tmp_path / "refused", "tensor_dim=32", override),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_sweep(tmp_path / "refused", "tensor_dim=32", override, timeout=120)
         assert done.returncode == 2, override
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
@@ -184,11 +179,11 @@ def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
         sweep_command(first, *grid), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     # WHEN the first variant has succeeded, the user presses Ctrl-C
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (first / "summary.json").exists() and read_summary(first)["variants"]:
-            break
-        time.sleep(0.1)
+    wait_for(
+        lambda: (first / "summary.json").exists() and read_summary(first)["variants"],
+        120,
+        "the first variant never ended",
+    )
     sweep.send_signal(signal.SIGINT)
     stdout, stderr = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, stderr
@@ -202,12 +197,7 @@ def test_interrupted_sweep_keeps_its_results_and_resumes(tmp_path):
     assert printed == ["python", "sweep_deployer.py", "-m", f"tag={summary['tag']}", *grid]
     # AND that command runs only the variants that did not succeed
     resumed = tmp_path / "resumed"
-    done = subprocess.run(
-        sweep_command(resumed, *printed[3:]),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_sweep(resumed, *printed[3:], timeout=300)
     assert done.returncode == 0, done.stderr
     again = {v["tensor_dim"]: v for v in read_summary(resumed)["variants"]}
     assert again[32]["status"] == "skipped" and again[32]["run"] == summary["variants"][0]["run"]
@@ -240,15 +230,11 @@ def test_a_sweep_killed_outright_leaves_nothing_waiting(tmp_path):
         sweep_command(sweep_dir, *grid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     turns = sweep_dir / ".turns"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(turns.glob("*.ready"))) < 2:
-        time.sleep(0.05)
-    assert len(list(turns.glob("*.ready"))) == 2, "the second variant never got ready"
+    wait_for(
+        lambda: len(list(turns.glob("*.ready"))) == 2, 120, "the second variant never got ready"
+    )
     # WHEN the sweep is killed with SIGKILL (no clean-up of its own)
     sweep.kill()
     sweep.wait(timeout=10)
     # THEN its runs end by themselves: the waiting step gives up, the one before finishes
-    deadline = time.monotonic() + 60
-    while sweep_processes(sweep_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not sweep_processes(sweep_dir)
+    wait_for(lambda: not sweep_processes(sweep_dir), 60, "the sweep's runs outlived it")

@@ -1,12 +1,10 @@
 """A whole sweep whose variants all time out: what the piped terminal output, summary.json and
 report.html say of it."""
 
-import subprocess
-
 import pytest
 
 from tests.conftest import card_text
-from tests.test_e2e import read_summary, sweep_command
+from tests.test_e2e import read_summary, run_sweep
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
@@ -14,17 +12,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 @pytest.fixture(scope="module")
 def timed_out(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("timed_out")
-    done = subprocess.run(
-        sweep_command(
-            sweep_dir,
-            "cpu=1",
-            "tensor_dim=32,48",
-            "measure_seconds=60",
-            "variant_timeout_seconds=2",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_sweep(
+        sweep_dir, "cpu=1", "tensor_dim=32,48", "measure_seconds=60", "variant_timeout_seconds=2"
     )
     return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
 
