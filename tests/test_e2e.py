@@ -33,6 +33,12 @@ def run_sweep(sweep_dir, *overrides, timeout=600) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+def swept(sweep_dir, *overrides) -> dict:
+    """A whole sweep run in ``sweep_dir``: how its process ended, the folder, its summary."""
+    done = run_sweep(sweep_dir, *overrides)
+    return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
+
+
 def read_summary(sweep_dir):
     return json.loads((sweep_dir / "summary.json").read_text())
 
@@ -49,11 +55,8 @@ def finished(tmp_path_factory):
     """A sweep of four variants of which the two on CUDA fail (no GPU here)."""
     if shutil.which("nvidia-smi"):
         pytest.skip("a GPU is present: the CUDA variants would not fail")
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    done = run_sweep(
-        sweep_dir, "cpu=1", "tensor_dim=32,48", "device=cpu,cuda", "measure_seconds=0.1"
-    )
-    return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
+    grid = ["cpu=1", "tensor_dim=32,48", "device=cpu,cuda", "measure_seconds=0.1"]
+    return swept(tmp_path_factory.mktemp("sweep"), *grid)
 
 
 def test_failed_variants_give_a_nonzero_exit_and_the_others_still_run(finished):

@@ -4,18 +4,15 @@ report.html say of it."""
 import pytest
 
 from tests.conftest import card_text
-from tests.test_e2e import read_summary, run_sweep
+from tests.test_e2e import swept
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
 
 @pytest.fixture(scope="module")
 def timed_out(tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("timed_out")
-    done = run_sweep(
-        sweep_dir, "cpu=1", "tensor_dim=32,48", "measure_seconds=60", "variant_timeout_seconds=2"
-    )
-    return {"done": done, "dir": sweep_dir, "summary": read_summary(sweep_dir)}
+    grid = ["cpu=1", "tensor_dim=32,48", "measure_seconds=60", "variant_timeout_seconds=2"]
+    return swept(tmp_path_factory.mktemp("timed_out"), *grid)
 
 
 def test_every_variant_timed_out_with_its_reason(timed_out):
