@@ -8,6 +8,11 @@ import errno
 import os
 import signal
 import termios
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def end_like_ctrl_c() -> None:
@@ -42,3 +47,24 @@ def leave_a_closed_terminal(fds: tuple[int, ...] = (1, 2)) -> None:
             os.dup2(null, fd)
         finally:
             os.close(null)
+
+
+def interruptible(work: Callable[[], T]) -> T:
+    """``work()``, run in a daemon thread while this one waits for it: a signal is answered here
+    at once, even while ``work`` sits in a library call that swallows KeyboardInterrupt
+    (Metaflow's metadata client retries any exception, through a bare ``except:``, on a service
+    that never answers). Abandoned so, ``work`` goes on until the process ends."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 - raised again in the waiting thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="interruptible", daemon=True)
+    thread.start()
+    thread.join()  # a signal interrupts the wait: KeyboardInterrupt from here
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -28,6 +28,7 @@ from torchperf.plan import (
 )
 from torchperf.progress import SweepProgress
 from torchperf.settings import ConfigError, VariantSettings, validate_variant
+from torchperf.signals import interruptible
 from torchperf.summary import SweepSummary
 
 # The exit status of the last sweep closed in this process: the entry point's own (Hydra's
@@ -100,7 +101,8 @@ def check_new_tag(tag: str | None, new_tag: bool) -> None:
             raise ConfigError("new_tag=true needs tag=<the new sweep's tag>")
         return
     check_tag(str(tag))
-    runs = runs_tagged(str(tag))
+    # Metaflow's client sits out Ctrl-C on a metadata service that does not answer.
+    runs = interruptible(lambda: runs_tagged(str(tag)))
     if runs and new_tag:
         raise ConfigError(
             f"tag={tag} already names a sweep ({runs} runs): drop new_tag=true to resume it"
@@ -166,11 +168,12 @@ class Sweep:
         if baseline:
             from torchperf.compare import load_sweep
 
-            load_sweep(check_tag(str(baseline)))  # ConfigError for an unknown tag, at once
+            # ConfigError for an unknown tag, at once
+            interruptible(lambda: load_sweep(check_tag(str(baseline))))
         base = {key: config[key] for key in SWEPT_KEYS} | {"backend": dict(config.backend)}
         planned = plan_variants(base, jobs or [], tag)
         # A given tag resumes that sweep: what already succeeded is not run again.
-        done = succeeded_variants(tag) if resumed else {}
+        done = interruptible(lambda: succeeded_variants(tag)) if resumed else {}
         spec = SweepSpec(
             tag=tag,
             event=event_name(tag),
@@ -239,7 +242,7 @@ class Sweep:
         if outcome.status in ("succeeded", "skipped") and outcome.run and outcome.warnings is None:
             from torchperf.history import result_details
 
-            details = result_details(outcome.run)
+            details = interruptible(lambda: result_details(outcome.run))
             outcome.gflops_ci = details.get("gflops_ci")
             outcome.warnings = details.get("warnings")
         self.summary.record(variant, outcome)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from torchperf.backends.base import ROOT, Outcome, SweepSpec, flow_path
-from torchperf.card_renders import alive, children
+from torchperf.card_renders import alive, children, running_children
 from torchperf.errors import failure_reason, one_line
 from torchperf.history import details_of
 from torchperf.plan import Variant, analytics_branch
@@ -115,6 +115,22 @@ async def _stop(executing) -> None:
     await _ended(process, tree, KILL_GRACE_SECONDS)
 
 
+async def _stop_children(marker: bytes) -> None:
+    """Stop the runs among this process's children whose command line holds ``marker``, with
+    no handle from Metaflow (a run whose start-up waits, on a metadata service say, has none
+    yet): SIGTERM to each and every process under it, SIGKILL after the grace."""
+    tree = set(running_children(marker))
+    for pid in list(tree):
+        tree |= _descendants(pid)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        _signal(_living(tree), signum)
+        deadline = asyncio.get_running_loop().time() + KILL_GRACE_SECONDS
+        while _living(tree) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if not _living(tree):
+            return
+
+
 async def _ended(process, tree: set[int], seconds: float) -> bool:
     """Wait up to ``seconds`` for ``process`` and every process of ``tree`` to end; whether
     they all did."""
@@ -196,6 +212,8 @@ class _VariantLife:
             try:
                 executing = await self.runner.async_run(tags=[self.sweep.tag])
             except Exception as error:  # noqa: BLE001 - the run failed before it began
+                if self.backend.cancelled:  # stopped while it began (cancel)
+                    return Outcome("cancelled", message="interrupted")
                 # Metaflow's error holds the process's output.
                 return Outcome("failed", message=failure_reason(str(error)))
             self.executing = executing
@@ -314,14 +332,32 @@ class LocalBackend:
         self.cancelled = True
         if self.loop is None:
             return
-        runs = [life.executing for life in self._lives.values() if life.executing]
+        lives = self._lives.values()
+        runs = [_stop(life.executing) for life in lives if life.executing]
+        # A run still beginning has no handle yet; its start-up may wait for minutes.
+        runs += [
+            _stop_children(life.variant.branch.encode() + b"\0")
+            for life in lives
+            if life.executing is None and life.runner is not None and not life.task.done()
+        ]
         if self.loop.is_running():  # the loop's own thread waits for these in finish()
             for run in runs:
-                self.loop.call_soon_threadsafe(self.loop.create_task, _stop(run))
+                self.loop.call_soon_threadsafe(self.loop.create_task, run)
         else:
-            self._drain([self.loop.create_task(_stop(run)) for run in runs])
+            self._drain([self.loop.create_task(run) for run in runs])
 
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
+        try:
+            return self._finish(sweep, interrupted)
+        except KeyboardInterrupt:
+            # A signal while finish waits for runs (the final analytics run): they stop too,
+            # every run of the sweep carrying its tag on its command line.
+            self.cancelled = True
+            if not self.loop.is_closed():
+                self._drain([self.loop.create_task(_stop_children(sweep.tag.encode()))])
+            raise
+
+    def _finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
         self._open(sweep)  # the final analytics run needs it even when nothing else ran
         # Variants started ahead whose Hydra job never came (Ctrl-C, an exception) are stopped.
         self.cancel()
