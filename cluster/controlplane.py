@@ -28,6 +28,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -187,6 +188,8 @@ def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
                 "workdir": "/workspace",
                 # HOME: the image user's home (image/Dockerfile), here the container's own /tmp.
                 "env": {"PYTHONUNBUFFERED": "1", "TORCHPERF_IMAGE": IMAGE, "HOME": "/tmp"},
+                # The interpreter the environment was made from, for the image's non-root user.
+                "reachable": [sys.base_prefix],
                 "digest": f"{IMAGE}@sha256:{image_env.name.removeprefix('image-')}",
             },
             {
@@ -194,6 +197,7 @@ def images(bin_dir: Path, image_env: Path, broken_env: Path) -> dict:
                 "path": [str(broken_env / "bin")],
                 "workdir": "/workspace",
                 "env": {"PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
+                "reachable": [sys.base_prefix],
             },
         ]
     }

@@ -49,6 +49,9 @@ class WorkflowState:
     waiting: bool = False
     why: str = ""  # why it waits, as Argo says: "Unschedulable: 0/3 nodes are available: ..."
     started: bool = False  # one of its pods has left Pending
+    # The first of its pods to fail, as Argo says it: "start: Error (exit code 1)". A Workflow
+    # that fails in a step has no message of its own; this names the step and how it ended.
+    failure: str = ""
 
     @classmethod
     def from_workflow(cls, workflow: dict) -> WorkflowState:
@@ -62,12 +65,22 @@ class WorkflowState:
         pending = [n for n in pods if n.get("phase") == "Pending"]
         running = any(n.get("phase") == "Running" for n in pods)
         why = next((n["message"] for n in pending if n.get("message")), "")
+        failed = sorted(
+            (n for n in pods if n.get("phase") in ("Failed", "Error")),
+            key=lambda n: n.get("startedAt") or "",  # RFC 3339 in UTC: sorts as text
+        )
+        failure = next(
+            (f"{n.get('displayName') or n.get('name')}: {n.get('message') or n['phase']}"
+             for n in failed),
+            "",
+        )  # fmt: skip
         return cls(
             phase,
             message,
             waiting=phase.running and bool(pending) and not running,
             why=why,
             started=any(n.get("phase") != "Pending" for n in pods),
+            failure=failure,
         )
 
 

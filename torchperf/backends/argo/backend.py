@@ -541,7 +541,8 @@ class ArgoBackend:
             self._cancelled.wait(self.poll_seconds)
         if state.phase is not Phase.SUCCEEDED:
             return Outcome(
-                Status.FAILED, run=run, message=f"{state.phase}: {state.message}"[:300],
+                Status.FAILED, run=run,
+                message=f"{state.phase}: {state.message or state.failure}"[:300],
                 pending_seconds=round(pending, 1),
             )  # fmt: skip
         # The variant's end step has published its event from inside the cluster already.

@@ -354,7 +354,7 @@ func (r *podRun) start(c *container) *startError {
 	if err != nil {
 		return &startError{"CreateContainerConfigError", err.Error()}
 	}
-	env := r.environment(resolved, image)
+	env := r.environment(resolved, image, c.spec)
 	mapping := expansion.MappingFuncFor(envMap(env))
 	argv := []string{}
 	command := c.spec.Command
@@ -439,7 +439,7 @@ func waitChild(pid int) int {
 // environment is what the container's process sees: the image's, the container's (resolved by
 // containerEnv), and what a runtime and kubelet add. The API server is reached where it listens, not at a Service IP (no
 // kube-proxy here).
-func (r *podRun) environment(containerEnv []corev1.EnvVar, image Image) []string {
+func (r *podRun) environment(containerEnv []corev1.EnvVar, image Image, spec corev1.Container) []string {
 	values := map[string]string{}
 	order := []string{}
 	set := func(k, v string) {
@@ -451,7 +451,14 @@ func (r *podRun) environment(containerEnv []corev1.EnvVar, image Image) []string
 	path := strings.Join(append(append([]string{}, image.Path...), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"), ":")
 	set("PATH", path)
 	set("HOSTNAME", r.pod.Name)
-	set("HOME", "/root")
+	// A runtime takes HOME from the image's passwd entry for the user; root's is /root, and a
+	// user id the image does not name gets "/". (Here containers see this machine's files: a
+	// non-root user must not be sent to /root, which it may not read.)
+	if user, _ := runAs(r.pod, spec); user == nil || *user == 0 {
+		set("HOME", "/root")
+	} else {
+		set("HOME", "/")
+	}
 	for k, v := range image.Env {
 		set(k, v)
 	}
@@ -493,6 +500,7 @@ func (r *podRun) wrapper(c *container, image Image, ctrDir, hosts, cgroup, cpuac
 		}
 	}
 	inner := []string{"mount -t tmpfs -o mode=1777 tmpfs /tmp"}
+	inner = append(inner, reachable(image.Reachable)...)
 	workdir := c.spec.WorkingDir
 	if workdir == "" {
 		workdir = image.Workdir
@@ -546,9 +554,47 @@ func (r *podRun) wrapper(c *container, image Image, ctrDir, hosts, cgroup, cpuac
 	return strings.Join(outer, "; "), nil
 }
 
-// securityContext: setpriv's arguments for the container's runAsUser/runAsGroup ("" for root).
-func securityContext(pod *corev1.Pod, spec corev1.Container) string {
-	var user, group *int64
+// reachable: the commands that let every user reach “paths“: where a folder above one of
+// them is closed to other users (no x for others, e.g. /root), an empty tmpfs replaces that
+// folder in the container's mount namespace and only the paths below it are bound back in.
+func reachable(paths []string) []string {
+	q := shellQuote
+	byBlocked := map[string][]string{}
+	order := []string{}
+	for _, path := range paths {
+		blocked := ""
+		for dir := filepath.Dir(filepath.Clean(path)); ; dir = filepath.Dir(dir) {
+			if info, err := os.Stat(dir); err == nil && info.Mode().Perm()&0o001 == 0 {
+				blocked = dir // the outermost closed folder wins: keep going up
+			}
+			if dir == "/" {
+				break
+			}
+		}
+		if blocked == "" {
+			continue
+		}
+		if _, seen := byBlocked[blocked]; !seen {
+			order = append(order, blocked)
+		}
+		byBlocked[blocked] = append(byBlocked[blocked], path)
+	}
+	keep := "/tmp/.reachable" // /tmp is the container's own tmpfs by now
+	commands := []string{}
+	for _, blocked := range order {
+		commands = append(commands, "mkdir -p "+keep, "mount --bind "+q(blocked)+" "+keep,
+			"mount -t tmpfs -o mode=0755 tmpfs "+q(blocked))
+		for _, path := range byBlocked[blocked] {
+			rel, _ := filepath.Rel(blocked, path)
+			commands = append(commands, "mkdir -p "+q(path), "mount --bind "+q(filepath.Join(keep, rel))+" "+q(path))
+		}
+		commands = append(commands, "umount "+keep, "rmdir "+keep)
+	}
+	return commands
+}
+
+// runAs: the container's runAsUser and runAsGroup, the pod's where the container sets none.
+func runAs(pod *corev1.Pod, spec corev1.Container) (user, group *int64) {
 	if psc := pod.Spec.SecurityContext; psc != nil {
 		user, group = psc.RunAsUser, psc.RunAsGroup
 	}
@@ -560,6 +606,12 @@ func securityContext(pod *corev1.Pod, spec corev1.Container) string {
 			group = sc.RunAsGroup
 		}
 	}
+	return user, group
+}
+
+// securityContext: setpriv's arguments for the container's runAsUser/runAsGroup ("" for root).
+func securityContext(pod *corev1.Pod, spec corev1.Container) string {
+	user, group := runAs(pod, spec)
 	if user == nil || *user == 0 {
 		return ""
 	}

@@ -34,6 +34,10 @@ type Image struct {
 	Env        map[string]string `json:"env"`        // the image's own environment
 	Digest     string            `json:"digest"`     // reported as the container's imageID
 	Files      map[string]string `json:"files"`      // container path -> file of this machine
+	// Reachable: folders of this machine the image's programs need (its interpreter's prefix)
+	// that may sit below a folder other users cannot enter (/root): a container of any user
+	// reaches them, as an image's own files, and nothing else of that folder.
+	Reachable []string `json:"reachable"`
 	// Replace, when set, runs instead of the container's command and args: for an image whose
 	// program is not built here and that the cluster can do without (e.g. a metrics exporter).
 	Replace []string `json:"replace"`
