@@ -126,15 +126,28 @@ class DeployPool:
             self._known.add(self._pids.get())
         return self._known
 
-    def _signal(self, signum: int) -> None:
-        for pid in self._workers():
+    def _signal(self, signum: int, below: bool = False) -> None:
+        """``signum`` to every worker; with ``below``, to every process under them instead: the
+        creates' subprocesses, which a stopped worker would leave running."""
+        from torchperf.card_renders import children
+
+        targets = self._workers()
+        if below:
+            targets, todo = set(), list(targets)
+            while todo:
+                found = children(todo.pop())
+                targets.update(found)
+                todo.extend(found)
+        for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
     def cancel(self) -> None:
         """Creates not begun never begin; those running are stopped the way Ctrl-C stops them
-        (Metaflow's handler in the worker ends the create's subprocess)."""
+        (Metaflow's handler in the worker ends the create's subprocess). The subprocesses get
+        SIGTERM from here as well, so that none outlives the sweep, whatever its worker does."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._signal(signal.SIGTERM, below=True)
         self._signal(signal.SIGINT)
 
     def close(self, grace_seconds: float = CREATE_GRACE_SECONDS) -> list[Future]:
@@ -143,6 +156,9 @@ class DeployPool:
         running = [f for f in list(self._futures) if not f.done()]
         _, late = wait(running, timeout=grace_seconds)
         if late:
+            self._signal(signal.SIGKILL, below=True)
             self._signal(signal.SIGKILL)
-        self._executor.shutdown(wait=not late, cancel_futures=True)
+        # Waited for even then (the killed workers end at once): an executor left to exit
+        # on its own raises in its atexit hook (EBADF) on Python 3.11.
+        self._executor.shutdown(wait=True, cancel_futures=True)
         return list(late)
