@@ -156,3 +156,44 @@ def test_report_finds_a_card_where_card_create_wrote_it(analytics_runs):
     # A task without the card raises what card_html catches to fall back.
     with pytest.raises(CardNotPresentException):
         get_cards(analytics_runs[1]["end"].task, id=CARD_ID)
+
+
+def analytics_events(tmp_path, others: int, *extra: str) -> dict:
+    """benchmarks/analytics_events.py at a small size: per-event requests, bytes and CPU."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / f"events_{others}{'_'.join(extra)}.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "analytics_events.py")]
+    command += ["--events", "20", "--others", str(others), "--json", str(out), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())
+
+
+def per_event(summary: dict, key: str) -> list:
+    return [entry[key] for entry in summary["per_event"]]
+
+
+def test_an_analytics_event_costs_the_same_requests_however_many_runs_other_sweeps_left(
+    tmp_path,
+):
+    # GIVEN the metadata service on loopback, with no other runs, then 200 of other sweeps
+    alone, crowded = analytics_events(tmp_path, 0), analytics_events(tmp_path, 200)
+    # THEN each of 20 announced events reads what it read without them
+    assert per_event(crowded, "requests") == per_event(alone, "requests")
+    for mine, theirs in zip(per_event(crowded, "bytes"), per_event(alone, "bytes"), strict=True):
+        assert mine <= 1.01 * theirs
+    # ... and the sweep's own size does not add any: the last event costs what the second did
+    assert per_event(crowded, "requests")[-1] == per_event(crowded, "requests")[1]
+    # ... and the final aggregation, which lists the tag, holds every variant with its figure
+    assert alone["final"]["right"] and crowded["final"]["right"]
+    assert crowded["final"]["variants"] == crowded["events"]
+
+
+def test_listing_the_tag_on_every_event_would_read_every_run_other_sweeps_left(tmp_path):
+    # The measure above can tell: listing answers grow with other sweeps' runs.
+    alone = analytics_events(tmp_path, 0, "--listing")
+    crowded = analytics_events(tmp_path, 200, "--listing")
+    assert min(per_event(crowded, "bytes")) > 2 * max(per_event(alone, "bytes"))
