@@ -197,3 +197,29 @@ def test_listing_the_tag_on_every_event_would_read_every_run_other_sweeps_left(t
     alone = analytics_events(tmp_path, 0, "--listing")
     crowded = analytics_events(tmp_path, 200, "--listing")
     assert min(per_event(crowded, "bytes")) > 2 * max(per_event(alone, "bytes"))
+
+
+def test_an_analytics_run_started_by_an_event_reads_the_announced_run_alone(tiny_sweep):
+    import os
+
+    from metaflow import Runner
+
+    from torchperf.analytics import EVENT_PAYLOAD_PREFIX
+    from torchperf.plan import analytics_branch, new_sweep_tag
+
+    # GIVEN an event that announces one of the sweep's runs, read under a tag of its own (so
+    # that listing that tag would find nothing)
+    announced = tiny_sweep["runs"][(1, 32)].pathspec
+    tag = new_sweep_tag()
+    payload = {f"{EVENT_PAYLOAD_PREFIX}event_torchperf": json.dumps({"run": announced})}
+    with Runner(
+        str(ROOT / "sweep_analytics.py"),
+        branch=analytics_branch(tag),
+        config_value=[("config", {"tag": tag, "wait_seconds": 5})],
+        env={**os.environ, **payload},
+    ).run(tags=[tag]) as running:
+        assert running.status == "successful", running.stderr
+        run = running.run
+    # THEN it read that run by its pathspec, listing nothing
+    assert run.data.stats["listed"] == 0 and run.data.stats["loaded"] == 1
+    assert list(run.data.rows) == [announced]
