@@ -88,6 +88,7 @@ class SweepAnalyticsFlow(FlowSpec):
             planned=self.config.planned,
             figures=self.figures,
             baseline=self.config.baseline,
+            listed=not announced,
         )
         self.next(self.end)
 

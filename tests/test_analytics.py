@@ -273,12 +273,12 @@ class FakeCard(list):
     """current.card[...] as fill_card uses it: components appended in order."""
 
 
-def card_lines(rows) -> list[str]:
+def card_lines(rows, **extra) -> list[str]:
     from torchperf import report
 
     card = FakeCard()
     results = analytics.to_frame(analytics.derive(rows))
-    report.fill_card(card, tag="sweep_x", results=results, figures={})
+    report.fill_card(card, tag="sweep_x", results=results, figures={}, **extra)
     return [line for c in card for line in str(c.render().get("source", "")).splitlines()]
 
 
@@ -363,3 +363,11 @@ def test_a_run_not_yet_readable_is_read_again_after_a_growing_pause_of_a_second_
     assert list(seen.rows) == ["TorchPerfFlow/3"]
     assert len(pauses) == 3 and pauses[0] >= 1.0
     assert all(later > earlier for earlier, later in itertools.pairwise(pauses))
+
+
+def test_a_card_from_announced_runs_alone_does_not_call_unseen_variants_not_started():
+    # Read from announced runs only, the running variants are not known to the card.
+    announced = card_lines(SWEEP, planned=len(SWEEP) + 2, listed=False)
+    assert "2 planned variant(s) not announced yet (running or not started)." in announced
+    listed = card_lines(SWEEP, planned=len(SWEEP) + 2)
+    assert "2 planned variant(s) not started yet." in listed

@@ -285,12 +285,14 @@ def fill_card(
     planned: int | None = None,
     figures: Mapping[str, bytes],
     baseline: str | None = None,
+    listed: bool = True,
 ) -> None:
     """Append the sweep's components to a blank card (``current.card[CARD_ID]``).
 
     ``ended``: the variants that ended without a result (analytics.Collected.ended), shown with
     their status and reason as the sweep's summary.json has them. ``figures``: the PNGs of
-    ``scaling_pngs``, shown when there are results.
+    ``scaling_pngs``, shown when there are results. ``listed``: whether the sweep's runs were
+    listed (False: only announced runs were read, so running ones are not known).
     """
     from metaflow.cards import Image, Markdown, Table, VegaChart
 
@@ -303,7 +305,8 @@ def fill_card(
     if running:
         card.append(Markdown(f"{len(running)} variant run(s) still running: shown once they end."))
     if planned and (missing := planned - len(rows) - len(ended) - len(running)) > 0:
-        card.append(Markdown(f"{missing} planned variant(s) not started yet."))
+        how = "not started yet" if listed else "not announced yet (running or not started)"
+        card.append(Markdown(f"{missing} planned variant(s) {how}."))
     if not rows:
         card.append(Markdown("No successful variant yet."))
     else:
