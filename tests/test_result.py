@@ -154,3 +154,22 @@ def test_the_flow_records_the_measurement_its_limits_and_fingerprint():
     assert result.affinity == (3,) and result.cpu_quota == 1.5 and result.shared
     assert result.warnings == ("shared cores: x", "q")
     assert result.env.qos_class == "Burstable"
+
+
+def test_compare_ends_with_one_line_on_a_run_of_a_newer_schema(monkeypatch, capsys):
+    from torchperf import runs
+    from torchperf.__main__ import main
+
+    class NewerRun:
+        pathspec, successful, created_at = "TorchPerfFlow/9", True, 0
+
+        class data:  # noqa: N801 - as metaflow.Run.data reads
+            config = {"cpu": 1, "tensor_dim": 64, "device": "cpu"}
+            result = {**UNVERSIONED, "schema_version": SCHEMA_VERSION + 1}
+
+    monkeypatch.setattr(runs, "sweep_runs", lambda tag, flow: [NewerRun()])
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", "sweep_a", "sweep_b"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "newer than this torchperf reads" in err

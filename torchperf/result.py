@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 
+from torchperf.errors import ConfigError
+
 # Bump when a field changes meaning or a required one is added; readers refuse newer versions.
 SCHEMA_VERSION = 1
 VERSION_KEY = "schema_version"
 
 
-class ResultSchemaError(ValueError):
-    """A result this torchperf cannot read: newer than it knows, or missing what it needs."""
+class ResultSchemaError(ConfigError):
+    """A result this torchperf cannot read: newer than it knows, or missing what it needs. A
+    ConfigError: the commands that read runs (compare, resume) end with its one line."""
 
 
 @dataclass(frozen=True)
