@@ -13,6 +13,8 @@ Argo nothing of it is left in the API.
                service (no handle on the run yet)         template held by the API
     wait       a variant measuring for minutes            variants' Workflows that never end
     teardown   the final analytics run under way          the final analytics Workflow running
+    compile    (a local dry run runs nothing)             a dry run's compiles, whose uploads an
+                                                          S3 endpoint holds
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BOUND = 10.0  # seconds from the signal to the sweep's exit
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 PHASES = ("preflight", "deploy", "wait", "teardown")
+CASES = [(backend, phase) for backend in ("local", "argo") for phase in PHASES]
+CASES.append(("argo", "compile"))  # the preflight of a dry run, which compiles everything
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
 
@@ -68,6 +73,48 @@ class SilentServer:
         self._socket.close()
         for connection in self._held:
             connection.close()
+
+
+class HoldingS3(ThreadingHTTPServer):
+    """An S3 endpoint on loopback that says every bucket exists (HEAD /bucket) and holds every
+    other call unanswered (an upload that never completes); ``held`` counts those."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.held = 0
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                if self.path.strip("/").count("/") == 0:  # HEAD /bucket: it exists
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.hold()
+
+            def hold(self):
+                server.held += 1
+                server.stopping.wait()
+
+            do_GET = do_PUT = do_POST = do_DELETE = hold
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
 
 
 def session_processes(session: int) -> list[str]:
@@ -129,7 +176,14 @@ def argo_phase(phase: str, request, tmp_path: Path) -> Phase:
         "backend=argo", f"backend.image={IMAGE}", "backend.poll_seconds=0.2", "cpu=1",
         "tensor_dim=32,64", "measure_seconds=0.2",
     ]  # fmt: skip
-    if phase == "preflight":  # the look for the EventSource the analytics Sensor will name
+    closing = []
+    if phase == "compile":  # a dry run's compiles each upload the flow's code package to S3
+        s3 = HoldingS3()
+        closing.append(s3.close)
+        env = {**env, "METAFLOW_S3_ENDPOINT_URL": s3.url}
+        overrides.append("dry_run=true")
+        entered = lambda: s3.held  # noqa: E731
+    elif phase == "preflight":  # the look for the EventSource the analytics Sensor will name
         kube.holding.append(("GET", "/eventsources/"))
         entered = lambda: kube.held  # noqa: E731
     elif phase == "deploy":  # Metaflow's create of the analytics flow's WorkflowTemplate
@@ -150,12 +204,11 @@ def argo_phase(phase: str, request, tmp_path: Path) -> Phase:
         kinds = ("workflows", "workflowtemplates", "sensors")
         return {kind: kube.names(kind) for kind in kinds if kube.names(kind)}
 
-    return Phase(overrides, env, entered, left)
+    return Phase(overrides, env, entered, left, closing)
 
 
 @pytest.mark.parametrize("signame", SIGNALS)
-@pytest.mark.parametrize("phase", PHASES)
-@pytest.mark.parametrize("backend", ["local", "argo"])
+@pytest.mark.parametrize(("backend", "phase"), CASES, ids=["-".join(case) for case in CASES])
 def test_a_signal_in_any_phase_ends_the_sweep_in_seconds_and_leaves_nothing(
     backend, phase, signame, request, tmp_path
 ):

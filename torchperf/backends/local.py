@@ -355,6 +355,11 @@ class LocalBackend:
             self.cancelled = True
             if not self.loop.is_closed():
                 self._drain([self.loop.create_task(_stop_children(sweep.tag.encode()))])
+                # A run's start-up waits in a thread that learns of its process's end only
+                # through this loop: left waiting, it would hold the process's exit.
+                left = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+                if left:
+                    self.loop.run_until_complete(asyncio.wait(left, timeout=KILL_GRACE_SECONDS))
             raise
 
     def _finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:

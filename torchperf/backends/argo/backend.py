@@ -310,6 +310,9 @@ class ArgoBackend:
             return
         try:
             self._dry_run(sweep)
+        except KeyboardInterrupt:
+            self.cancel()  # the compiles under way stop now, not after their grace
+            raise
         finally:
             self._close_deploys()
         for why in self._settings.still_needed:
