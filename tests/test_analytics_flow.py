@@ -223,3 +223,12 @@ def test_an_analytics_run_started_by_an_event_reads_the_announced_run_alone(tiny
     # THEN it read that run by its pathspec, listing nothing
     assert run.data.stats["listed"] == 0 and run.data.stats["loaded"] == 1
     assert list(run.data.rows) == [announced]
+
+
+def test_the_flow_writes_the_versioned_result_schema(tiny_sweep):
+    from torchperf.result import SCHEMA_VERSION, Result
+
+    for run in tiny_sweep["runs"].values():
+        stored = run.data.result
+        assert stored["schema_version"] == SCHEMA_VERSION
+        assert Result.from_dict(stored).to_dict() == stored  # nothing lost, nothing added
