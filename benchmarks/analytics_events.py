@@ -3,7 +3,7 @@
     METAFLOW_USER=dev .venv/bin/python benchmarks/analytics_events.py [--events 500]
         [--others 2000] [--json out.json]
 
-What it does, in a private temporary folder (nothing outside it is touched):
+What it does, in a private temporary folder (removed at the end; nothing outside it is touched):
 1. Starts Metaflow's metadata service on loopback (cluster/metadata.py) and, in front of it, a
    counting proxy: every request this process's Metaflow client makes goes through the proxy,
    which counts requests and the bytes answered.
@@ -33,6 +33,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -415,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         proxy.shutdown()
         service_process.terminate()
         service_process.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    how = "each lists the tag" if args.listing else "each reads the announced run"
+    how = "the tag listed" if args.listing else "announced runs read"
     print(f"{args.events} events of one sweep ({how}), {args.others} runs of other sweeps:")
     print("   event  requests      bytes  CPU-s here  CPU-s service")
     shown_events = sorted({1, min(100, args.events), args.events})
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     final_figures = summary["final"]
     print(
         f"final aggregation (lists the tag): {final_figures['requests']} requests, "
-        f"{final_figures['bytes']} bytes, {final_figures['cpu_seconds']:.3f} CPU-s here, "
+        f"{final_figures['bytes']} bytes,\n  {final_figures['cpu_seconds']:.3f} CPU-s here, "
         f"{final_figures['service_cpu_seconds']:.3f} CPU-s service; "
         f"{final_figures['variants']} variants, "
         + ("every figure right" if right else "WRONG: the final card misses or misreads runs")
