@@ -19,6 +19,7 @@ Argo nothing of it is left in the API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -252,3 +253,28 @@ def test_a_signal_in_any_phase_ends_the_sweep_in_seconds_and_leaves_nothing(
     assert "Traceback" not in err, err
     assert left == [], left
     assert not made.left(), made.left()
+
+
+def test_ctrl_c_while_a_local_run_is_prepared_is_raised_not_lost():
+    """Metaflow's Runner holds SIGINT for itself while it is built (it loads the flow): a
+    Ctrl-C then must still stop the sweep."""
+    from torchperf.backends.local import _runner
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c_while_metaflow_holds_it():
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signal.SIGINT) is before and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    loop = asyncio.new_event_loop()
+    presser = threading.Thread(target=press_ctrl_c_while_metaflow_holds_it, daemon=True)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(_runner("torchtest.py"))
+    finally:
+        presser.join(30)
+        loop.close()
+    assert signal.getsignal(signal.SIGINT) is before

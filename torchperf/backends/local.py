@@ -48,19 +48,28 @@ TURNS_DIR = ".turns"
 KILL_GRACE_SECONDS = 2.0
 
 
-def _runner(flow: str, **kwargs):
+async def _runner(flow: str, **kwargs):
     """A Metaflow Runner for ``flow`` that leaves Ctrl-C to the sweep.
 
     Built in a running loop, its subprocess manager makes SIGINT kill its own processes; Ctrl-C
-    must stop the whole sweep (which then stops every run), so the handler before goes back.
+    must stop the whole sweep (which then stops every run), so the handler before goes back. A
+    Ctrl-C while it was built (it loads the flow: a second or so) went to its handler: it is
+    raised here instead of being lost.
     """
     from metaflow import Runner
 
     previous = signal.getsignal(signal.SIGINT)
     runner = Runner(str(flow_path(flow)), show_output=False, pylint=False, **kwargs)
-    with contextlib.suppress(RuntimeError):  # no running loop: it used signal.signal
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    loop = asyncio.get_running_loop()
+    heard: list[bool] = []
+    # The loop hands a signal that came meanwhile to whatever handler it holds when it reads it.
+    loop.add_signal_handler(signal.SIGINT, heard.append, True)
+    await asyncio.sleep(0.01)
+    loop.remove_signal_handler(signal.SIGINT)
     signal.signal(signal.SIGINT, previous)
+    if heard:
+        runner.cleanup()
+        raise KeyboardInterrupt
     return runner
 
 
@@ -155,7 +164,7 @@ class _AnalyticsRun:
 
     async def live(self, tag: str, config: dict, marker: Path) -> dict:
         """The run's pathspec when it succeeded, else its error output."""
-        runner = _runner(
+        runner = await _runner(
             "sweep_analytics.py", branch=analytics_branch(tag), config_value=[("config", config)]
         )
         try:
@@ -206,7 +215,13 @@ class _VariantLife:
         turns = self.backend.turns
         turns.forget(branch)
         config = {**self.settings.as_config(), "turn": turns.turn(branch)}
-        self.runner = _runner("torchtest.py", branch=branch, config_value=[("config", config)])
+        try:
+            self.runner = await _runner(
+                "torchtest.py", branch=branch, config_value=[("config", config)]
+            )
+        except BaseException:  # Ctrl-C: the variant after it must not wait for its turn
+            _settle(self.measured, False)
+            raise
         analytics = None
         try:
             try:
