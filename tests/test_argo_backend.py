@@ -534,12 +534,14 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     import boto3
 
     from torchperf.backends.argo.deploy import Create, DeployPool
-    from torchperf.backends.base import flow_path
+    from torchperf.backends.base import snapshot_flows
 
-    # GIVEN the variant flow compiled with Metaflow's create(only_json=True), as a dry run does
+    # GIVEN the variant flow compiled with Metaflow's create(only_json=True) from the copy of
+    # the code a sweep takes at its start, as a dry run and a deploy do
+    code = snapshot_flows(tmp_path / "code", ["torchtest.py", "sweep_analytics.py"])
     config = VariantSettings(cpu=1, tensor_dim=64, tag="pkgtag").as_config()
     request = Create(
-        str(flow_path("torchtest.py")), "pkgtag_c1", config,
+        str(code / "torchtest.py"), "pkgtag_c1", config,
         {**environ, "METAFLOW_DEFAULT_DATASTORE": "s3"}, str(ROOT), only_json=True,
     )  # fmt: skip
     pool = DeployPool(1)
@@ -564,7 +566,9 @@ def test_code_package_holds_the_flows_torchperf_and_metaflow_not_the_project_roo
     # THEN the user code is the two flows and torchperf/, nothing else from the project root
     # (tests/, benchmarks/, cluster/ stay out however they grow)
     user = {name.split("/")[0] for name in names if not name.startswith(".mf_")}
-    assert user == {"torchtest.py", "sweep_analytics.py", "torchperf"}
+    assert {"torchtest.py", "sweep_analytics.py", "torchperf"} <= user <= {
+        "torchtest.py", "sweep_analytics.py", "torchperf", "metaflow_extensions",
+    }  # fmt: skip
     assert "torchperf/bench.py" in names and "torchperf/backends/argo/backend.py" in names
     # ... beside Metaflow itself and the card extension the pods load
     assert any(name.startswith(".mf_code/metaflow/") for name in names)

@@ -124,6 +124,7 @@ def test_an_edit_after_the_snapshot_reaches_none_of_the_sweeps_code(tmp_path):
     # GIVEN a project with a flow and the package its pods import
     root = tmp_path / "project"
     (root / "torchperf" / "__pycache__").mkdir(parents=True)
+    (root / "metaflow_extensions").mkdir()
     (root / "torchtest.py").write_text("VERSION = 1\n")
     (root / "torchperf" / "bench.py").write_text("SAMPLES = 1\n")
     (root / "torchperf" / "__pycache__" / "bench.cpython-311.pyc").write_bytes(b"\0")

@@ -44,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # leaves stale: a module added since is missing in the pods.)
 FLOW_LINKS = ROOT / ".flows"
 PACKAGED = ("torchperf",)  # linked beside the flows: the code the pods import
+# The card type the analytics flow draws with. Metaflow loads and packages the extensions it
+# finds on sys.path: a flow started by its link has the project root there (Python resolves the
+# link), a flow started from a copy has the copy's folder, so a copy takes them along.
+EXTENSIONS = "metaflow_extensions"
 
 
 def flow_path(flow: str, links: Path = FLOW_LINKS) -> Path:
@@ -62,7 +66,7 @@ def snapshot_flows(folder: Path, flows: Iterable[str], root: Path = ROOT) -> Pat
     created after the edit (or fail them half-way); the copies do not change. The folder holds
     what the links in FLOW_LINKS hold, so each package holds the same files."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (*flows, *PACKAGED):
+    for name in (*flows, *PACKAGED, EXTENSIONS):
         source, target = root / name, folder / name
         if source.is_dir():
             skip = shutil.ignore_patterns("__pycache__", "*.pyc")
