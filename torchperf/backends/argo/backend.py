@@ -148,6 +148,7 @@ class ArgoBackend:
         # sweep runs a variant again under a new name).
         self._attempt = secrets.token_hex(3)
         self._leftovers: list[str] = []  # what teardown could not do, one line each
+        self._signalled = False  # a signal came during a teardown step: raised once it is done
 
     # -- creates -----------------------------------------------------------------------------
     def _env(self, image: str | None = None) -> dict:
@@ -505,6 +506,12 @@ class ArgoBackend:
         try:
             step(*args)
             return True
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the rest of teardown is hurried, not skipped
+            self._signalled = True
+            self._cancelled.set()
+            self._argo.hurry()
+            self._leftovers.append(f"{what}: interrupted")
+            return False
         except Exception as error:  # noqa: BLE001 - reported once, at the end of teardown
             self._leftovers.append(f"{what}: {one_line(error)}")
             return False
@@ -641,6 +648,8 @@ class ArgoBackend:
                 ):
                     self._config_map = None
             self._report_leftovers()
+        if self._signalled:
+            raise KeyboardInterrupt
 
     def _report_leftovers(self) -> None:
         if not self._leftovers:
