@@ -2,8 +2,8 @@
 API allows: CPU seconds per variant of this backend's whole Argo sweep, over those of Metaflow's
 own ``Deployer(...).argo_workflows().create()`` run the same way (worker processes, as many).
 
-    python benchmarks/deploy_cost.py                     # 20 variants, 3 alternated rounds
-    python benchmarks/deploy_cost.py --variants 45 --rounds 1
+    python benchmarks/deploy_cost.py                     # 10 and 30 variants, 3 rounds
+    python benchmarks/deploy_cost.py --small 10 --large 45 --rounds 1
 
 Each side runs in a process of its own (this script with ``--side``), and its CPU is read with
 ``resource.getrusage(RUSAGE_CHILDREN)`` around it: the side, its create workers and every create
@@ -14,7 +14,10 @@ starts), moto's S3 and the metadata service run in this process and count for ne
   triggered and waited for, the analytics flow created and run, teardown.
 - Metaflow: ``Deployer(...).create()`` of every variant in a ``DeployPool`` of as many workers.
 
-Prints each round's CPU per variant and the ratio, and the median ratio.
+Each side runs a small and a large sweep; the difference over the difference in variants is the
+cost of one more variant, apart from what a sweep pays once (ours: hera's models, the analytics
+flow's create, its Sensor; both: the workers' start). Prints, per round, both sides' CPU per
+variant of the large sweep, their cost per added variant, and the ratios; then the medians.
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ def measured(side: str, tag: str, count: int, scratch: Path, env: dict) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", type=int, default=20)
+    parser.add_argument("--small", type=int, default=10, help="variants in the small sweep")
+    parser.add_argument("--large", type=int, default=30, help="variants in the large sweep")
+    parser.add_argument("--variants", type=int, help=argparse.SUPPRESS)  # one side's own
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--side", choices=("ours", "metaflow"))
     parser.add_argument("--tag")
@@ -114,6 +119,8 @@ def main() -> None:
     if args.side:
         run = side_ours if args.side == "ours" else side_metaflow
         return run(args.tag, args.variants, args.scratch)
+    if not 0 < args.small < args.large <= 45:
+        raise SystemExit("--small and --large: 0 < small < large <= 45 (the upstream grid)")
 
     from _loopback import argo_settings
     from kube_api import KubeAPI
@@ -130,26 +137,38 @@ def main() -> None:
         **argo_settings(scratch, s3_url, service_url, api),
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(scratch),
     }
-    ratios = []
-    print(f"deploy cost, {args.variants} variants, {WORKERS} create workers, "
+    whole, marginal = [], []
+    sizes = (args.small, args.large)
+    print(f"deploy cost, {sizes[0]} and {sizes[1]} variants, {WORKERS} create workers, "
           f"{os.cpu_count()} cores here (CPU-s per variant):")  # fmt: skip
     try:
         for round_ in range(args.rounds):
             # Alternate which side goes first: the machine is shared and its load drifts.
             order = ("ours", "metaflow") if round_ % 2 == 0 else ("metaflow", "ours")
-            cpu = {}
-            for side in order:
-                tag = f"cost{round_}{side[:2]}"
-                spent, wall = measured(side, tag, args.variants, scratch, env)
-                cpu[side] = spent / args.variants
-                print(f"  round {round_ + 1} {side:>8}: {cpu[side]:.3f} CPU-s ({wall:.1f} s wall)")
-            ratios.append(cpu["ours"] / cpu["metaflow"])
-            print(f"  round {round_ + 1}    ratio: {ratios[-1]:.2f}x")
+            cpu: dict = {}
+            for size in sizes:
+                for side in order:
+                    tag = f"cost{round_}{side[:2]}{size}"
+                    cpu[side, size], _ = measured(side, tag, size, scratch, env)
+            line = []
+            for side in ("ours", "metaflow"):
+                per = cpu[side, sizes[1]] / sizes[1]
+                added = (cpu[side, sizes[1]] - cpu[side, sizes[0]]) / (sizes[1] - sizes[0])
+                line.append((per, added))
+                print(f"  round {round_ + 1} {side:>8}: {per:.3f} per variant of {sizes[1]}, "
+                      f"{added:.3f} per added variant")  # fmt: skip
+            whole.append(line[0][0] / line[1][0])
+            marginal.append(line[0][1] / line[1][1])
+            print(f"  round {round_ + 1}   ratios: {whole[-1]:.2f}x per variant, "
+                  f"{marginal[-1]:.2f}x per added variant")  # fmt: skip
     finally:
         api.__exit__()
         s3.terminate()
         service.terminate()
-    print(f"median ratio ours / Metaflow's create: {statistics.median(ratios):.2f}x")
+    print(
+        f"median ratios ours / Metaflow's create: {statistics.median(whole):.2f}x per "
+        f"variant of {sizes[1]}, {statistics.median(marginal):.2f}x per added variant"
+    )
 
 
 if __name__ == "__main__":
