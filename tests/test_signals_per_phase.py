@@ -18,6 +18,10 @@ Argo nothing of it is left in the API.
     deletes    (nothing to delete)                        teardown's delete of the Sensor, held
                                                           by the API: the rest is still deleted,
                                                           and the Sensor named as left
+    created    (nothing to create)                        a create held after its template was
+                                                          made (Metaflow's delete of a CronWorkflow
+                                                          it does not need): teardown finds the
+                                                          template by what Metaflow wrote on it
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ PHASES = ("preflight", "deploy", "wait", "teardown")
 CASES = [(backend, phase) for backend in ("local", "argo") for phase in PHASES]
 CASES.append(("argo", "compile"))  # the preflight of a dry run, which compiles everything
 CASES.append(("argo", "deletes"))  # teardown's own calls to the API
+CASES.append(("argo", "created"))  # a create cut short after its template was made
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
 
@@ -213,6 +218,9 @@ def argo_phase(phase: str, request, tmp_path: Path) -> Phase:
     elif phase == "deploy":  # Metaflow's create of the analytics flow's WorkflowTemplate
         kube.holding.append(("GET", "/workflowtemplates/"))
         entered = lambda: kube.held  # noqa: E731
+    elif phase == "created":  # the analytics template is made; its create goes on, held
+        kube.holding.append(("DELETE", "/cronworkflows/"))
+        entered = lambda: kube.held and kube.names("workflowtemplates")  # noqa: E731
     elif phase == "wait":
         kube.hang.add("c1_n")
         entered = lambda: len(kube.running()) == 2  # noqa: E731

@@ -38,6 +38,7 @@ from torchperf.backends.argo.api import (
     Phase,
     WorkflowState,
 )
+from torchperf.backends.argo.clean import of_sweep
 from torchperf.backends.argo.deploy import (
     CREATE_GRACE_SECONDS,
     Create,
@@ -631,6 +632,9 @@ class ArgoBackend:
         finally:
             self._close_deploys()  # a create that ends now adds its template to the list
             if not self.keep_deployments:
+                if self._cancelled.is_set():  # a create stopped after it made its template
+                    self._tidy(f"list WorkflowTemplates of {self._sweep_tag}",
+                               self._find_templates)  # fmt: skip
                 for template in sorted(self._templates):
                     self._tidy(f"delete WorkflowTemplate {template}", self._delete, template)
                 # Results live in the datastore and the metadata service; the Workflows (and,
@@ -650,6 +654,13 @@ class ArgoBackend:
             self._report_leftovers()
         if self._signalled:
             raise KeyboardInterrupt
+
+    def _find_templates(self) -> None:
+        """Add the templates the sweep's creates made but never returned (a create stopped
+        between its template and its end): known by the tag and branch Metaflow wrote on them."""
+        for template in self._argo.list("workflowtemplates", self._settings.namespace):
+            if of_sweep(template, self._sweep_tag):
+                self._templates.add(template["metadata"]["name"])
 
     def _report_leftovers(self) -> None:
         if not self._leftovers:
