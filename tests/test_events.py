@@ -56,15 +56,21 @@ def test_inside_argo_the_event_goes_to_the_pods_webhook_with_the_run():
     assert event["payload"]["id"] == done.stdout.strip()
 
 
-def test_a_publish_the_event_source_refuses_for_a_moment_is_tried_again():
-    # GIVEN an EventSource whose bus is not ready for the first two POSTs (503)
+def announce_refused(times: int) -> tuple[KubeAPI, subprocess.CompletedProcess]:
+    """An announce inside Argo to an EventSource that answers the first ``times`` POSTs 503."""
     with KubeAPI() as api:
-        api.webhook_failures = 2
+        api.webhook_failures = times
         done = announce(
             "torchperf_t",
             ARGO_WORKFLOW_TEMPLATE="torchperf-x",
             METAFLOW_ARGO_EVENTS_WEBHOOK_URL=f"{api.url}/webhook",
         )
+    return api, done
+
+
+def test_a_publish_the_event_source_refuses_for_a_moment_is_tried_again():
+    # GIVEN an EventSource whose bus is not ready for the first two POSTs (503)
+    api, done = announce_refused(2)
     # THEN the third try reaches the Sensor, and the step says nothing of a failure
     assert done.returncode == 0, done.stderr
     assert [e["payload"]["id"] for e in api.events] == [done.stdout.strip()]
@@ -73,13 +79,7 @@ def test_a_publish_the_event_source_refuses_for_a_moment_is_tried_again():
 
 
 def test_a_publish_refused_every_time_is_one_warning_after_its_tries():
-    with KubeAPI() as api:
-        api.webhook_failures = 10
-        done = announce(
-            "torchperf_t",
-            ARGO_WORKFLOW_TEMPLATE="torchperf-x",
-            METAFLOW_ARGO_EVENTS_WEBHOOK_URL=f"{api.url}/webhook",
-        )
+    api, done = announce_refused(10)
     assert done.returncode == 0 and done.stdout.strip() == "None"
     assert api.events == [] and api.webhook_failures == 10 - 3
     assert [line for line in done.stderr.splitlines() if line.startswith("warning:")]
