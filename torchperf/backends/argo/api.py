@@ -334,12 +334,21 @@ class Argo:
         )  # fmt: skip
         return listing.get("items", [])
 
-    def delete(self, plural: str, name: str, namespace: str | None = None) -> bool:
-        """Delete one object; False when it was already gone."""
+    def delete_owner(self, plural: str, name: str, namespace: str | None = None) -> bool:
+        """``delete`` in the foreground: see there."""
+        return self.delete(plural, name, namespace, foreground=True)
+
+    def delete(
+        self, plural: str, name: str, namespace: str | None = None, *, foreground: bool = False
+    ) -> bool:
+        """Delete one object; False when it was already gone. ``foreground``: the object stays
+        (marked deleted) until what it owns is gone, pods included (Kubernetes' foreground
+        cascading deletion), so that its absence says its pods have ended."""
+        options = {"propagation_policy": "Foreground"} if foreground else {}
         try:
             self._call(
                 "delete_namespaced_custom_object",
-                GROUP, VERSION, namespace or self.namespace, plural, name,
+                GROUP, VERSION, namespace or self.namespace, plural, name, **options,
             )  # fmt: skip
             return True
         except self.rest.ApiException as error:

@@ -85,6 +85,11 @@ def analytics_title(tag: str) -> tuple[str, str]:
     )
 
 
+# How long teardown waits for the deleted Sensor's pod to end (its grace period, 30 s by default,
+# is what a pod that ignores SIGTERM takes).
+SENSOR_GONE_SECONDS = 45.0
+
+
 class ArgoBackend:
     """The Backend protocol on Argo Workflows (see torchperf/backends/base.py)."""
 
@@ -581,14 +586,28 @@ class ArgoBackend:
             return
         if self._sensor and not self.keep_deployments:
             namespace, name = self._sensor
-            if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete, "sensors",
-                          name, namespace):  # fmt: skip
+            # Its pod may still start an analytics Workflow while it ends: the Workflows are
+            # listed for deletion only once the Sensor, and so its pod, is gone.
+            if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete_owner,
+                          "sensors", name, namespace) and self._tidy(
+                f"wait for Sensor {namespace}/{name} and its pod to end",
+                self._await_gone, "sensors", name, namespace,
+            ):  # fmt: skip
                 self._sensor = None
         running: list[str] = []
         if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, running,
                       self._argo.running, self._sweep_tag):  # fmt: skip
             for workflow in running:
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
+
+    def _await_gone(self, plural: str, name: str, namespace: str) -> None:
+        """Wait until the API no longer holds the object (bounded; the API's own bound, which
+        an interrupted sweep's hurry shortens, ends it too)."""
+        deadline = time.monotonic() + SENSOR_GONE_SECONDS
+        while self._argo.get(plural, name, namespace) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still there after {SENSOR_GONE_SECONDS:g} s")
+            time.sleep(0.5)
 
     # -- the end -----------------------------------------------------------------------------
     def finish(self, sweep: SweepSpec, interrupted: bool) -> str | None:
