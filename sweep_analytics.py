@@ -15,7 +15,17 @@ import sys
 from torchperf.lifetime import long_lived
 
 with long_lived():  # every process of this flow imports Metaflow, and keeps it until exit
-    from metaflow import Config, FlowSpec, card, config_expr, current, project, step, trigger
+    from metaflow import (
+        Config,
+        FlowSpec,
+        card,
+        config_expr,
+        current,
+        get_metadata,
+        project,
+        step,
+        trigger,
+    )
 
 
 def parse_config(text: str) -> dict:
@@ -62,6 +72,7 @@ class SweepAnalyticsFlow(FlowSpec):
             wait_seconds=self.config.wait_seconds,
             wait_for=self.config.wait_for,
             baseline=self.config.baseline,
+            poll_seconds=analytics.first_poll(get_metadata()),
         )
         try:
             # A variant that announced its success must be in what we read.

@@ -371,3 +371,11 @@ def test_a_card_from_announced_runs_alone_does_not_call_unseen_variants_not_star
     assert "2 planned variant(s) not announced yet (running or not started)." in announced
     listed = card_lines(SWEEP, planned=len(SWEEP) + 2)
     assert "2 planned variant(s) not started yet." in listed
+
+
+def test_runs_are_read_again_soon_from_local_files_and_seldom_from_a_shared_service():
+    local = analytics.first_poll("local@/home/me/.metaflow")
+    service = analytics.first_poll("service@https://metadata.example")
+    assert local < service
+    # Hundreds of analytics runs share a service: none polls it more than once a second.
+    assert service >= 1.0
