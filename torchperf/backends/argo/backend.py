@@ -141,6 +141,7 @@ class ArgoBackend:
         self._futures: dict[str, Future] = {}
         self._templates: set[str] = set()  # every WorkflowTemplate this sweep may have created
         self._sensor: tuple[str, str] | None = None  # (namespace, name) of the analytics Sensor
+        self._ending_sensor: tuple[str, str] | None = None  # deleted, its pod maybe still up
         self._analytics: str | None = None  # the analytics flow's WorkflowTemplate
         self._config_map: str | None = None  # the analytics semaphore's limit, where made
         self._pool: ThreadPoolExecutor | None = None  # one thread per variant in flight
@@ -586,19 +587,23 @@ class ArgoBackend:
             return
         if self._sensor and not self.keep_deployments:
             namespace, name = self._sensor
-            # Its pod may still start an analytics Workflow while it ends: the Workflows are
-            # listed for deletion only once the Sensor, and so its pod, is gone.
+            # In the foreground: it stays until its pod has ended, which teardown waits for last.
             if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete_owner,
-                          "sensors", name, namespace) and self._tidy(
-                f"wait for Sensor {namespace}/{name} and its pod to end",
-                self._await_gone, "sensors", name, namespace,
-            ):  # fmt: skip
-                self._sensor = None
+                          "sensors", name, namespace):  # fmt: skip
+                self._ending_sensor, self._sensor = self._sensor, None
         running: list[str] = []
         if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, running,
                       self._argo.running, self._sweep_tag):  # fmt: skip
             for workflow in running:
                 self._tidy(f"terminate Workflow {workflow}", self._argo.terminate, workflow)
+
+    def _delete_workflows(self) -> None:
+        """Delete the sweep's Workflows (their pods go with them)."""
+        workflows: list = []
+        if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, workflows,
+                      self._argo.workflows, self._sweep_tag):  # fmt: skip
+            for workflow, _ in workflows:
+                self._tidy(f"delete Workflow {workflow}", self._argo.delete, "workflows", workflow)
 
     def _await_gone(self, plural: str, name: str, namespace: str) -> None:
         """Wait until the API no longer holds the object (bounded; the API's own bound, which
@@ -658,18 +663,21 @@ class ArgoBackend:
                     self._tidy(f"delete WorkflowTemplate {template}", self._delete, template)
                 # Results live in the datastore and the metadata service; the Workflows (and,
                 # through their owner references, their pods) go with the sweep.
-                workflows: list = []
-                if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, workflows,
-                              self._argo.workflows, self._sweep_tag):  # fmt: skip
-                    for workflow, _ in workflows:
-                        self._tidy(f"delete Workflow {workflow}", self._argo.delete,
-                                   "workflows", workflow)  # fmt: skip
+                self._delete_workflows()
                 if self._config_map and self._tidy(
                     f"delete ConfigMap {self._config_map}",
                     self._argo.delete_config_map,
                     self._config_map,
                 ):
                     self._config_map = None
+                # The deleted Sensor's pod may start one more analytics Workflow while it ends:
+                # once it has ended (the Sensor gone with it), what it started goes too.
+                if self._ending_sensor:
+                    namespace, name = self._ending_sensor
+                    if self._tidy(f"wait for Sensor {namespace}/{name} and its pod to end",
+                                  self._await_gone, "sensors", name, namespace):  # fmt: skip
+                        self._ending_sensor = None
+                        self._delete_workflows()
             self._report_leftovers()
         if self._signalled:
             raise KeyboardInterrupt
