@@ -31,7 +31,7 @@ def upstream_grid(count: int) -> list[tuple[int, int]]:
     return grid[:count]
 
 
-def run_ours(tag: str, grid, scratch: Path) -> float:
+def run_ours(tag: str, grid, scratch: Path, deploy_workers: int | None = None) -> float:
     from torchperf.backends.argo import ArgoBackend
     from torchperf.backends.base import SweepSpec
     from torchperf.plan import Variant, branch_name, event_name
@@ -42,7 +42,10 @@ def run_ours(tag: str, grid, scratch: Path) -> float:
         for c, n in grid
     ]
     sweep = SweepSpec(tag, event_name(tag), scratch / tag, planned, variant_timeout_seconds=600)
-    backend = ArgoBackend(poll_seconds=1.0, max_parallel=len(grid), image="torchperf:bench")
+    backend = ArgoBackend(
+        poll_seconds=1.0, max_parallel=len(grid), deploy_workers=deploy_workers,
+        image="torchperf:bench",
+    )  # fmt: skip
     started = time.monotonic()
     backend.preflight(sweep)
     outcomes = [backend.run_variant(sweep, v, s) for v, s in planned]
@@ -100,6 +103,7 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="argo-fanout-"))
     from _loopback import argo_settings
+
     from cluster.metadata import start_metadata_service
     from cluster.s3 import start_moto
 

@@ -36,30 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 WORKERS = 2
 
-
-def grid(count: int) -> list[tuple[int, int]]:
-    """cpu in range(1,16) x tensor_dim in 1000,1250,1500, as conf/sweep/upstream.yaml."""
-    return [(cpu, dim) for cpu in range(1, 16) for dim in (1000, 1250, 1500)][:count]
+from argo_fanout import run_ours, upstream_grid  # noqa: E402 - benchmarks/ is this script's folder
 
 
 def side_ours(tag: str, count: int, scratch: Path) -> None:
-    from torchperf.backends.argo import ArgoBackend
-    from torchperf.backends.base import Status, SweepSpec
-    from torchperf.plan import Variant, branch_name, event_name
-    from torchperf.settings import VariantSettings
-
-    planned = [
-        (Variant(c, n, branch_name(tag, c, n)), VariantSettings(cpu=c, tensor_dim=n, tag=tag))
-        for c, n in grid(count)
-    ]
-    sweep = SweepSpec(tag, event_name(tag), scratch / tag, planned, variant_timeout_seconds=600)
-    backend = ArgoBackend(
-        poll_seconds=1.0, max_parallel=count, deploy_workers=WORKERS, image="torchperf:bench"
-    )
-    backend.preflight(sweep)
-    outcomes = [backend.run_variant(sweep, v, s) for v, s in planned]
-    backend.finish(sweep, interrupted=False)
-    assert all(o.status == Status.SUCCEEDED for o in outcomes), outcomes
+    run_ours(tag, upstream_grid(count), scratch, deploy_workers=WORKERS)
 
 
 def side_metaflow(tag: str, count: int, scratch: Path) -> None:
@@ -81,7 +62,7 @@ def side_metaflow(tag: str, count: int, scratch: Path) -> None:
                     {"tags": [tag]},
                 )  # fmt: skip
             )
-            for c, n in grid(count)
+            for c, n in upstream_grid(count)
         ]
         for future in futures:
             future.result()

@@ -334,10 +334,6 @@ class Argo:
         )  # fmt: skip
         return listing.get("items", [])
 
-    def delete_owner(self, plural: str, name: str, namespace: str | None = None) -> bool:
-        """``delete`` in the foreground: see there."""
-        return self.delete(plural, name, namespace, foreground=True)
-
     def delete(
         self, plural: str, name: str, namespace: str | None = None, *, foreground: bool = False
     ) -> bool:

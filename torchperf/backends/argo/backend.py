@@ -48,7 +48,7 @@ from torchperf.backends.argo.deploy import (
 )
 from torchperf.backends.argo.manifests import TAG_LABEL, WorkflowLook, sensor_not_deployed
 from torchperf.backends.argo.settings import ArgoSettings, metaflow_settings, resolve_settings
-from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, flow_path, snapshot_flows
+from torchperf.backends.base import ROOT, Outcome, Status, SweepSpec, snapshot_flows
 from torchperf.backends.datastore_check import check_datastore
 from torchperf.errors import one_line
 from torchperf.plan import Variant, analytics_branch
@@ -61,6 +61,9 @@ FINAL_ANALYTICS_PRIORITY = 1
 # The reasons a Workflow waits that the user must hear of (Argo's node messages): the cluster
 # cannot place its pod, or cannot pull its image.
 WAITING_TROUBLE = ("Unschedulable", "ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+# How long teardown waits for the deleted Sensor's pod to end (its grace period, 30 s by default,
+# is what a pod that ignores SIGTERM takes).
+SENSOR_GONE_SECONDS = 45.0
 # Preflight's API calls give up sooner than the sweep's: a wrong address is one line in seconds.
 PREFLIGHT_PATIENCE_SECONDS = 20.0
 
@@ -83,11 +86,6 @@ def analytics_title(tag: str) -> tuple[str, str]:
         f"torchperf analytics ({tag})",
         f"SweepAnalyticsFlow: the live aggregate of sweep {tag}, after every successful variant.",
     )
-
-
-# How long teardown waits for the deleted Sensor's pod to end (its grace period, 30 s by default,
-# is what a pod that ignores SIGTERM takes).
-SENSOR_GONE_SECONDS = 45.0
 
 
 class ArgoBackend:
@@ -130,9 +128,9 @@ class ArgoBackend:
         self.api_patience_seconds = api_patience_seconds
         self.sensor_wait_seconds = sensor_wait_seconds
         self.analytics_parallelism = analytics_parallelism
-        self.flow_file = str(flow_path(flow_file))
-        self.analytics_file = str(flow_path(analytics_file))
-        self._flow_names = (flow_file, analytics_file)
+        self._flow_names = (flow_file, analytics_file)  # relative to the project root
+        # The flows as the sweep's creates start them: in the sweep's copy of the code (preflight).
+        self.flow_file = self.analytics_file = ""
         self.environ = dict(os.environ if environ is None else environ)
         # Who triggered the workflows, as Metaflow records it.
         self._user = self.environ.get("METAFLOW_USER") or self.environ.get("USER") or "torchperf"
@@ -507,11 +505,11 @@ class ArgoBackend:
         self._argo.delete("workflowtemplates", template)
         self._templates.discard(template)
 
-    def _tidy(self, what: str, step, *args) -> bool:
+    def _tidy(self, what: str, step, *args, **kwargs) -> bool:
         """Run one teardown step; a failure is kept for the report, never raised: it changes
         no variant's outcome (teardown tries a template again)."""
         try:
-            step(*args)
+            step(*args, **kwargs)
             return True
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the rest of teardown is hurried, not skipped
             self._signalled = True
@@ -588,8 +586,8 @@ class ArgoBackend:
         if self._sensor and not self.keep_deployments:
             namespace, name = self._sensor
             # In the foreground: it stays until its pod has ended, which teardown waits for last.
-            if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete_owner,
-                          "sensors", name, namespace):  # fmt: skip
+            if self._tidy(f"delete Sensor {namespace}/{name}", self._argo.delete, "sensors",
+                          name, namespace, foreground=True):  # fmt: skip
                 self._ending_sensor, self._sensor = self._sensor, None
         running: list[str] = []
         if self._tidy(f"list Workflows {TAG_LABEL}={self._sweep_tag}", _into, running,
